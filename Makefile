@@ -27,11 +27,15 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed-base
 
+# the main job: train the 2-layer preset and its 1-layer control, analyse, ablate, report.
+# A rerun reuses finished runs and up-to-date analyses.
+DEMO := runs/demo
 demo: $(VENV)/.installed-base
-	$(BIN)/icl-lab train --preset synthetic-2l --out runs/demo/synthetic-2l --resume
-	$(BIN)/icl-lab train --preset synthetic-1l --out runs/demo/synthetic-1l --resume
-	$(BIN)/icl-lab analyze runs/demo/synthetic-2l runs/demo/synthetic-1l
-	$(BIN)/icl-lab ablate runs/demo/synthetic-2l --kind zero
+	$(BIN)/icl-lab train --preset synthetic-2l --out $(DEMO)/synthetic-2l --resume
+	$(BIN)/icl-lab train --preset synthetic-1l --out $(DEMO)/synthetic-1l --resume
+	$(BIN)/icl-lab analyze $(DEMO)/synthetic-2l $(DEMO)/synthetic-1l --reuse
+	$(BIN)/icl-lab ablate $(DEMO)/synthetic-2l --kind zero --reuse
+	$(BIN)/icl-lab report $(DEMO)/synthetic-2l $(DEMO)/synthetic-1l --out $(DEMO)/report.html
 
 test: $(VENV)/.installed-test
 	$(BIN)/lint-imports

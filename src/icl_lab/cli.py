@@ -119,14 +119,25 @@ def analyze_cmd(
     runs: list[Path] = typer.Argument(..., help="One or more run directories (same d_vocab and n_ctx)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summaries as JSON on stdout, nothing else."),
     examples: int = typer.Option(256, help="Evaluation sequences."),
+    reuse: bool = typer.Option(False, help="Skip the work if these runs were already analysed together since their last checkpoint."),
 ) -> None:
     """Measure every checkpoint: loss by position, ICL score, head scores, per-token-loss PCA and
     the phase change. Writes RUN/analysis/{metrics.parquet,summary.json} for each run."""
     loaded = [icl_lab.load_run(r) for r in runs]
+    if reuse and icl_lab.measure.is_analysed(loaded, n_examples=examples):
+        summaries = {str(r.path): r.summary() for r in loaded}
+        if not json_out:
+            err_console.print(f"reusing the analysis of {', '.join(r.path.name for r in loaded)} (up to date)")
+        _print_analysis(summaries, json_out)
+        return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=json_out) as bar:
         tasks = {r.path.name: bar.add_task(f"analyze {r.path.name}", total=len(r.checkpoints)) for r in loaded}
         summaries = icl_lab.measure.analyze(loaded, n_examples=examples, progress=lambda name, done, total: bar.update(tasks[name], completed=done))
+    _print_analysis(summaries, json_out)
+
+
+def _print_analysis(summaries: dict[str, dict], json_out: bool) -> None:
     if json_out:
         print(json.dumps(list(summaries.values()) if len(summaries) > 1 else next(iter(summaries.values())), indent=2))
         return
@@ -163,19 +174,25 @@ def ablate_cmd(
     run_dir: Path = typer.Argument(..., help="A run directory."),
     kind: str = typer.Option("all", help="zero, mean, resample or all."),
     json_out: bool = typer.Option(False, "--json", help="Print the final-checkpoint summary as JSON on stdout."),
+    reuse: bool = typer.Option(False, help="Skip the work if every checkpoint already has these ablations."),
 ) -> None:
     """Ablate every head at every checkpoint (zero/mean/resample, full and pattern-preserving),
     batched; add the ICL-score attributions to RUN/analysis/metrics.parquet."""
-    from icl_lab.intervene import KINDS, ablate_run
+    from icl_lab.intervene import KINDS, ablate_run, ablation_summary, is_ablated
 
     kinds = KINDS if kind == "all" else (kind,)
     if kind != "all" and kind not in KINDS:
         raise ConfigError(f"unknown ablation kind {kind!r}; choose one of {', '.join(KINDS)} or all")
     run = icl_lab.load_run(run_dir)
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=json_out) as bar:
-        task = bar.add_task(f"ablate {run.path.name}", total=len(run.checkpoints))
-        summary = ablate_run(run, kinds=kinds, progress=lambda name, done, total: bar.update(task, completed=done))
+    if reuse and is_ablated(run, kinds):
+        if not json_out:
+            err_console.print(f"reusing the ablations of {run.path.name} (up to date)")
+        summary = ablation_summary(run, run.metrics())
+    else:
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=err_console, transient=json_out) as bar:
+            task = bar.add_task(f"ablate {run.path.name}", total=len(run.checkpoints))
+            summary = ablate_run(run, kinds=kinds, progress=lambda name, done, total: bar.update(task, completed=done))
     if json_out:
         print(json.dumps(summary, indent=2))
         return
@@ -189,6 +206,45 @@ def ablate_cmd(
     for h in summary["heads"]:
         table.add_row(f"L{h['layer']}H{h['head']}", *(f"{h['by_kind'][k][f]:.1%}" for k in kinds for f in ("pattern_preserving", "full")))
     console.print(table)
+
+
+@app.command("report")
+def report_cmd(
+    runs: list[Path] = typer.Argument(..., help="One or more run directories (analysed runs get every section)."),
+    out: Optional[Path] = typer.Option(None, help="HTML file [default: RUN/report.html, or the runs' common folder]."),
+) -> None:
+    """Write one self-contained HTML report (plots, Model Analysis Table, attention viewer,
+    composition graph, verdict) that opens offline, and print its path and the verdict."""
+    from icl_lab.report import write_report
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task("report", total=len(runs) + 1)
+        report = write_report(runs, out=out, progress=lambda what, done, total: bar.update(task, completed=done))
+    console.print(f"report: [bold]{report.path}[/]")
+    for line in report.verdict:
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
+
+
+@app.command("serve")
+def serve_cmd(
+    runs_dir: Path = typer.Argument(Path("runs"), help="Folder holding run directories."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; the default is reachable from this machine only."),
+    port: int = typer.Option(8000, help="Port (0: any free port)."),
+) -> None:
+    """Serve a local page that lists the runs in RUNS_DIR and opens their reports, refreshing
+    while a run trains. Paths outside RUNS_DIR are refused."""
+    from icl_lab.report import make_server
+
+    server = make_server(runs_dir, host=host, port=port)
+    bound_host, bound_port = server.server_address[:2]
+    console.print(f"serving {runs_dir} at [bold]http://{bound_host}:{bound_port}/[/] (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 @app.command("info")

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from icl_lab.errors import ConfigError
-from icl_lab.intervene import KINDS, ablate_heads, ablate_heads_serially
+from icl_lab.intervene import KINDS, ablate_head_group, ablate_heads, ablate_heads_serially
 from icl_lab.model import Transformer
 from tests.conftest import tiny_config
 
@@ -67,3 +67,18 @@ def test_frozen_pattern_shortcut_matches_the_hook_based_reference(over, toks):
     for kind in KINDS:
         fast = ablate_heads(model, toks, kind=kind, pattern_preserving=True, max_elements=1000)
         assert torch.allclose(fast, ablate_heads_serially(model, toks, kind=kind, pattern_preserving=True), atol=1e-5)
+
+
+def test_group_ablation_removes_every_head_of_the_group_at_once(toks):
+    model = Transformer(tiny_config(n_layers=1, normalization="none"), seed=3).eval()
+    logits, cache = model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_z"))
+    heads_out = sum(cache["z", 0][:, :, h] @ model.blocks[0].attn.W_O[h] for h in (0, 1))  # [batch, pos, d_model]
+    expected = torch.nn.functional.cross_entropy(
+        (logits - heads_out @ model.W_U)[:, :-1].reshape(-1, 50), toks[:, 1:].reshape(-1), reduction="none").view(6, 23)
+    out = ablate_head_group(model, toks, [(0, 0), (0, 1)], kind="zero")
+    assert out.shape == (2, 6, 23)
+    assert torch.allclose(out[1], expected, atol=1e-5)
+    one = ablate_head_group(model, toks, [(0, 1)], kind="mean", pattern_preserving=False)
+    assert torch.allclose(one, ablate_heads(model, toks, heads=[(0, 1)], kind="mean", pattern_preserving=False), atol=1e-5)
+    with pytest.raises(ConfigError, match="needs at least one"):
+        ablate_head_group(model, toks, [])

@@ -2,13 +2,15 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 
 import pytest
 
 import icl_lab
-from icl_lab.intervene import ablate_run, removed_fraction
+from icl_lab.intervene import ablate_run, is_ablated, removed_fraction
+from icl_lab.measure import is_analysed
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,19 @@ def test_induction_head_carries_the_icl_score(run):
     analyze([run])
     assert len(run.metrics()) == len(table)
     assert (run.metrics().metric == "ablation.zero.pattern_preserving.icl_removed_fraction").sum() == len(rows)
+
+
+def test_reuse_checks_see_what_is_done(run):
+    """`--reuse` skips work only when the tables cover exactly what was asked, after the last checkpoint."""
+    ablate_run(run, kinds=("zero",))
+    assert is_analysed([run]) and not is_analysed([run], n_examples=128) and not is_analysed([run, run])
+    assert is_ablated(run, ("zero",)) and not is_ablated(run, ("zero", "mean"))
+    ablate_run(run, kinds=("resample",))  # another kind joins the table without removing the first
+    assert is_ablated(run, ("zero", "resample"))
+    last = run.layout.checkpoint(run.checkpoints[-1])
+    later = run.layout.metrics.stat().st_mtime + 5
+    os.utime(last, (later, later))  # a checkpoint newer than the analysis: both go stale
+    assert not is_analysed([run]) and not is_ablated(run, ("zero",))
 
 
 def test_removed_fraction_is_undefined_without_icl():

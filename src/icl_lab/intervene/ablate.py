@@ -46,6 +46,15 @@ def _replacement(z: Tensor, kind: AblationKind) -> Tensor:
     raise ConfigError(f"unknown ablation kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
+def _check(model: Transformer, heads: Sequence[tuple[int, int]], kind: str) -> None:
+    if kind not in KINDS:
+        raise ConfigError(f"unknown ablation kind {kind!r}; choose one of {', '.join(KINDS)}")
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    for layer, head in heads:
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            raise ConfigError(f"no head L{layer}H{head} in a {n_layers}-layer, {n_heads}-head model")
+
+
 def _losses(logits: Tensor, tokens: Tensor) -> Tensor:
     targets = F.pad(tokens[:, 1:], (0, 1), value=-100)
     loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none", ignore_index=-100)
@@ -77,12 +86,8 @@ def ablate_heads(
         [1 + len(heads), batch, pos-1]: row 0 is the clean run, row 1+i has heads[i] ablated.
     """
     heads = list(all_heads(model) if heads is None else heads)
-    if kind not in KINDS:
-        raise ConfigError(f"unknown ablation kind {kind!r}; choose one of {', '.join(KINDS)}")
+    _check(model, heads, kind)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    for layer, head in heads:
-        if not (0 <= layer < n_layers and 0 <= head < n_heads):
-            raise ConfigError(f"no head L{layer}H{head} in a {n_layers}-layer, {n_heads}-head model")
     device = next(model.parameters()).device
     tokens = tokens.to(device)
     if pattern_preserving:
@@ -154,6 +159,30 @@ def _ablate_with_frozen_patterns(model: Transformer, tokens: Tensor, heads: list
     return torch.stack([_losses(clean_logits, tokens), *(results[h] for h in heads)])
 
 
+def _ablated_losses(model: Transformer, tokens: Tensor, cache, group: Sequence[tuple[int, int]], kind: str, pattern_preserving: bool) -> Tensor:
+    """Per-token loss with every head in `group` ablated at once, by hooks, in one forward pass."""
+    hooks = []
+    for layer in sorted({l for l, _ in group}):
+        in_layer = [h for l, h in group if l == layer]
+        repl = _replacement(cache["z", layer], kind)
+
+        def patch(z: Tensor, *, hook: HookPoint, in_layer: list[int] = in_layer, repl: Tensor = repl) -> Tensor:
+            z = z.clone()
+            z[:, :, in_layer] = repl[:, :, in_layer]
+            return z
+
+        hooks.append((f"blocks.{layer}.attn.hook_z", patch))
+    if pattern_preserving:
+        hooks += [(f"blocks.{l}.attn.hook_pattern", lambda p, *, hook, l=l: cache["pattern", l])
+                  for l in range(model.cfg.n_layers)]
+    return _losses(model.run_with_hooks(tokens, fwd_hooks=hooks), tokens)
+
+
+def _clean_cache(model: Transformer, tokens: Tensor):
+    keep = lambda n: n.endswith("hook_z") or n.endswith("hook_pattern")  # noqa: E731
+    return model.run_with_cache(tokens, names_filter=keep)
+
+
 @torch.inference_mode()
 def ablate_heads_serially(
     model: Transformer, tokens: Int[Tensor, "batch pos"], heads: Sequence[tuple[int, int]] | None = None,
@@ -162,20 +191,28 @@ def ablate_heads_serially(
     """The same result as `ablate_heads`, one forward pass per head: the reference the batched
     sweep is tested and benchmarked against."""
     heads = list(all_heads(model) if heads is None else heads)
-    keep = lambda n: n.endswith("hook_z") or n.endswith("hook_pattern")  # noqa: E731
-    clean_logits, cache = model.run_with_cache(tokens, names_filter=keep)
-    out = [_losses(clean_logits, tokens)]
-    for layer, head in heads:
-        repl = _replacement(cache["z", layer], kind)
+    clean_logits, cache = _clean_cache(model, tokens)
+    return torch.stack([_losses(clean_logits, tokens),
+                        *(_ablated_losses(model, tokens, cache, [h], kind, pattern_preserving) for h in heads)])
 
-        def patch(z: Tensor, *, hook: HookPoint, head: int = head, repl: Tensor = repl) -> Tensor:
-            z = z.clone()
-            z[:, :, head] = repl[:, :, head]
-            return z
 
-        hooks = [(f"blocks.{layer}.attn.hook_z", patch)]
-        if pattern_preserving:
-            hooks += [(f"blocks.{l}.attn.hook_pattern", lambda p, *, hook, l=l: cache["pattern", l])
-                      for l in range(model.cfg.n_layers)]
-        out.append(_losses(model.run_with_hooks(tokens, fwd_hooks=hooks), tokens))
-    return torch.stack(out)
+@torch.inference_mode()
+def ablate_head_group(
+    model: Transformer, tokens: Int[Tensor, "batch pos"], heads: Sequence[tuple[int, int]],
+    kind: str = "zero", pattern_preserving: bool = True,
+) -> Float[Tensor, "2 batch pos_minus_1"]:
+    """Per-token loss with all of `heads` ablated together (e.g. every induction head at once).
+
+    Returns:
+        [2, batch, pos-1]: row 0 clean, row 1 with the whole group ablated.
+
+    Raises:
+        ConfigError: an unknown kind, an empty group or a head the model does not have.
+    """
+    heads = list(heads)
+    if not heads:
+        raise ConfigError("ablate_head_group needs at least one (layer, head)")
+    _check(model, heads, kind)
+    tokens = tokens.to(next(model.parameters()).device)
+    clean_logits, cache = _clean_cache(model, tokens)
+    return torch.stack([_losses(clean_logits, tokens), _ablated_losses(model, tokens, cache, heads, kind, pattern_preserving)])

@@ -51,6 +51,22 @@ def _rows(run: Run, model: Transformer, ev: EvalSet, step: int, kinds, before_af
     return rows
 
 
+def is_ablated(run: Run, kinds: tuple[str, ...] = KINDS) -> bool:
+    """Whether the run's metrics table already holds ablation rows of every kind in `kinds` for
+    every checkpoint, written after the latest checkpoint."""
+    steps = run.checkpoints
+    if not steps or not run.layout.metrics.is_file():
+        return False
+    if run.layout.metrics.stat().st_mtime < run.layout.checkpoint(steps[-1]).stat().st_mtime:
+        return False
+    table = pd.read_parquet(run.layout.metrics, columns=["step", "metric"])
+    for kind in kinds:
+        rows = table[table.metric == f"{PREFIX}{kind}.pattern_preserving.icl_removed_fraction"]
+        if set(rows.step) != set(steps):
+            return False
+    return True
+
+
 def ablate_run(run: Run, kinds: tuple[str, ...] = KINDS, n_examples: int = 256, progress: Progress | None = None) -> dict:
     """Ablate every head at every checkpoint and add the rows to the run's metrics table
     (running `analyze` first if the run has not been analysed).
@@ -63,7 +79,7 @@ def ablate_run(run: Run, kinds: tuple[str, ...] = KINDS, n_examples: int = 256, 
     if not run.layout.metrics.is_file():
         analyze([run], n_examples=n_examples)
     table = run.metrics()
-    table = table[~table.metric.str.startswith(PREFIX)]
+    table = table[~table.metric.str.startswith(tuple(f"{PREFIX}{k}." for k in kinds))]  # other kinds' rows stay
     ba = json.loads(run.layout.before_after.read_text())["vector"] if run.layout.before_after.is_file() else None
     before_after = np.asarray(ba) if ba is not None and len(ba) == n_examples else None
     ev = make_eval_set(run, n_examples)

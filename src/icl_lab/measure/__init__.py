@@ -13,11 +13,11 @@ from icl_lab.measure.head_scores import (
     repeated_random_tokens,
 )
 
-from icl_lab.measure.analyze import analyze
+from icl_lab.measure.analyze import analyze, is_analysed
 
 __all__ = [
     "Factored", "full_ov_circuit", "full_qk_circuit", "ov_circuit", "qk_circuit",
-    "analyze", "composition_baseline", "composition_scores", "k_composition_eigen_trace", "qk_ov",
+    "analyze", "is_analysed", "composition_baseline", "composition_scores", "k_composition_eigen_trace", "qk_ov",
     "attention_patterns", "copying_scores", "dloss_dlnpos", "duplicate_token_scores", "icl_positions",
     "icl_score", "loss_by_token", "ov_eigen_positivity", "per_token_losses",
     "prefix_matching_scores", "previous_token_scores", "repeated_random_tokens",

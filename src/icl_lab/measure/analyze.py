@@ -141,6 +141,22 @@ def _summary(run: Run, table: pd.DataFrame) -> dict:
     }
 
 
+def is_analysed(runs: Sequence[Run], n_examples: int = 256) -> bool:
+    """Whether `analyze(runs, n_examples)` has already run on exactly these runs together, after
+    their latest checkpoints: rerunning it would rewrite the same tables."""
+    names = [str(r.path) for r in runs]
+    for run in runs:
+        steps = run.checkpoints
+        if not run.layout.summary.is_file() or not steps:
+            return False
+        summary = run.summary()
+        if summary.get("pca", {}).get("runs") != names or summary.get("n_examples") != n_examples:
+            return False
+        if run.layout.summary.stat().st_mtime < run.layout.checkpoint(steps[-1]).stat().st_mtime:
+            return False
+    return True
+
+
 def analyze(runs: Sequence[Run], n_examples: int = 256, progress: Progress | None = None, write: bool = True) -> dict[str, dict]:
     """Measure every checkpoint of `runs` and (by default) write each run's `analysis/` folder.
 
@@ -185,6 +201,7 @@ def analyze(runs: Sequence[Run], n_examples: int = 256, progress: Progress | Non
         table = table.astype({"layer": "Int64", "head": "Int64", "position": "Int64"}, errors="ignore")
         summary = _summary(run, table)
         summary["pca"] = {"explained_variance": explained.tolist(), "runs": [str(r.path) for r in runs]}
+        summary["n_examples"] = n_examples
         summaries[str(run.path)] = summary
         if write:
             _write(run, table, summary, vecs, steps, tokens)
