@@ -8,6 +8,13 @@ import torch
 from icl_lab.model import ModelConfig, Transformer
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Corpora, tokenizers and token arrays go to a cache private to the test session, never
+    the user's."""
+    monkeypatch.setenv("ICL_LAB_CACHE", str(tmp_path_factory.getbasetemp() / "icl-lab-cache"))
+
+
 def tiny_config(**over) -> ModelConfig:
     base = dict(n_layers=2, d_model=32, n_heads=2, d_vocab=50, n_ctx=24, d_mlp=0)
     return ModelConfig(**{**base, **over})

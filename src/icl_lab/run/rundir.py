@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from icl_lab.data.tokenizer import Tokenizer
 from icl_lab.errors import CheckpointError
 from icl_lab.model.transformer import Transformer
 from icl_lab.train.checkpoint import load_weights
@@ -59,6 +60,10 @@ class Run:
         if not self.layout.log.is_file():
             return pd.DataFrame(columns=["step", "tokens", "loss", "loss_repeat", "lr", "tokens_per_s", "elapsed_s"])
         return pd.read_json(self.layout.log, lines=True)
+
+    def tokenizer(self) -> Tokenizer | None:
+        """The tokenizer a text run was trained with (None for synthetic runs)."""
+        return Tokenizer.load(self.layout.tokenizer) if self.layout.tokenizer.is_file() else None
 
     def metrics(self) -> pd.DataFrame:
         """The tidy metrics table written by `icl-lab analyze` (one row per step x metric x layer

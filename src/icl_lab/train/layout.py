@@ -5,6 +5,7 @@ the trainer writes them and `icl_lab.run` reads them.
       config.json          ExperimentConfig (model, data, train, seed): alone it rebuilds the run
       meta.json            seed, library versions, data fingerprint, device, status
       train_log.jsonl      one JSON row per logged step: step, tokens, loss, loss_repeat, lr, tokens_per_s
+      tokenizer.json       text runs only: the tokenizer (icl_lab.data.Tokenizer.load)
       checkpoints/
         step_0000000.safetensors   weights, optimiser state and data-RNG state, one file per step
       analysis/              written by `icl-lab analyze` (icl_lab.measure.analyze)
@@ -37,6 +38,10 @@ class RunLayout:
     @property
     def log(self) -> Path:
         return self.root / "train_log.jsonl"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer.json"
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-from icl_lab.data.synthetic import SyntheticStream
+from icl_lab.data import TextStream, open_stream
 from icl_lab.errors import CheckpointError, ConfigError, NonFiniteError
 from icl_lab.io import write_json, write_text
 from icl_lab.model.transformer import Transformer
@@ -119,7 +119,9 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
     device = resolve_device(tc.device)
     model = Transformer(cfg.model, seed=derive_seed(cfg.seed, "init")).to(device)
     optimizer = build_optimizer(model, tc)
-    data = SyntheticStream(cfg.data, cfg.model.d_vocab, cfg.model.n_ctx, tc.batch_size, derive_seed(cfg.seed, "data"))
+    data = open_stream(cfg.data, cfg.model.d_vocab, cfg.model.n_ctx, tc.batch_size, derive_seed(cfg.seed, "data"))
+    if isinstance(data, TextStream):  # the run decodes its own tokens without the cache
+        data.tokens.tokenizer.save(layout.tokenizer)
     meta = {
         "seed": cfg.seed,
         "versions": library_versions(),
