@@ -292,6 +292,22 @@ def serve_cmd(
         server.server_close()
 
 
+@app.command("import")
+def import_cmd(
+    path: Path = typer.Argument(..., help="A local Hugging Face model folder (config.json + safetensors or bin)."),
+    out: Path = typer.Option(..., help="Run directory to create."),
+) -> None:
+    """Import a pretrained model from local files (GPT-2 so far) as a run directory with one
+    weights-only checkpoint; nothing is downloaded."""
+    from icl_lab.pretrained import import_model
+
+    with err_console.status(f"importing {path}"):
+        run = import_model(path, out)
+    m = run.config.model
+    console.print(f"imported {run.meta['family']} ({m.n_layers} layers, d_model {m.d_model}, {m.n_heads} heads, "
+                  f"vocab {m.d_vocab}) into [bold]{run.path}[/]")
+
+
 @app.command("info")
 def info_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
     """Show a run's config, metadata and checkpoints."""

@@ -28,7 +28,7 @@ class ModelConfig(FrozenConfig):
         bias: whether linear maps have biases.
         smeared_key: learn one scalar alpha per head and use
             k_j <- sigmoid(alpha) k_j + (1 - sigmoid(alpha)) k_{j-1} (the first key is unchanged).
-        act_fn: MLP non-linearity.
+        act_fn: MLP non-linearity: "gelu" (exact), "gelu_new" (GPT-2's tanh approximation) or "relu".
         init_std: std of the normal initialisation; 0 (the default) means 0.8/sqrt(d_model), as in
             TransformerLens (0.1 at d_model=64; GPT-2's 0.02 at 64 wide stalls induction-head
             formation). Output projections are further scaled by 1/sqrt(2 n_layers).
@@ -46,7 +46,7 @@ class ModelConfig(FrozenConfig):
     normalization: Literal["layernorm", "none"] = "layernorm"
     bias: bool = True
     smeared_key: bool = False
-    act_fn: Literal["gelu", "relu"] = "gelu"
+    act_fn: Literal["gelu", "gelu_new", "relu"] = "gelu"
     init_std: float = Field(default=0.0, ge=0)
     rotary_base: float = Field(default=10000.0, gt=0)
 

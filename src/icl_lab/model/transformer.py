@@ -44,7 +44,7 @@ class MLP(nn.Module):
         self.W_out = matrix(cfg, gen, cfg.d_mlp, cfg.d_model, output=True)
         self.b_in = zeros(cfg.d_mlp) if cfg.bias else None
         self.b_out = zeros(cfg.d_model) if cfg.bias else None
-        self.act = F.gelu if cfg.act_fn == "gelu" else F.relu
+        self.act = {"gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu}[cfg.act_fn]
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
         self.hook_post = HookPoint()  # [batch, pos, d_mlp]
 

@@ -46,6 +46,12 @@ def save_checkpoint(
     write_safetensors(path, {k: v.cpu() for k, v in tensors.items()}, metadata)
 
 
+def save_weights(path: Path, model: nn.Module, step: int = 0, tokens: int = 0, source: str = "") -> None:
+    """A weights-only checkpoint (an imported model): readable by `load_weights`, not resumable."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_safetensors(path, tensors, {"format": FORMAT, "step": str(step), "tokens": str(tokens), "weights_only": "true", "source": source})
+
+
 def _open(path: Path):
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; list the run's checkpoints with `run.checkpoints`")
@@ -76,6 +82,8 @@ def load_train_state(path: Path) -> TrainState:
             if key.startswith("optim."):
                 _, idx, name = key.split(".", 2)
                 state.setdefault(int(idx), {})[name] = f.get_tensor(key)
+        if meta.get("weights_only") == "true":
+            raise CheckpointError(f"{path.name} holds weights only (an imported model), so it cannot be resumed; train a new run")
         groups = json.loads(meta["optim_param_groups"])
         for g in groups:
             if "betas" in g:

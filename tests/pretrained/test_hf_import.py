@@ -1,0 +1,76 @@
+"""Importing Hugging Face GPT-2 folders: logits equal transformers' to 1e-4 in fp32, from
+safetensors or a tensors-only .bin, and bad folders fail in one line. Random small configs are
+built in the test; nothing is downloaded."""
+
+import pytest
+import torch
+
+from icl_lab.errors import CheckpointError, ConfigError
+from icl_lab.pretrained import import_model
+
+transformers = pytest.importorskip("transformers")
+
+
+def _gpt2(tmp_path, safe=True, **over):
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=300, n_positions=48,
+                                  resid_pdrop=0, embd_pdrop=0, attn_pdrop=0, **over)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():  # give the biases and norms non-trivial values so the test can fail
+        for name, p in model.named_parameters():
+            if "ln" in name or "bias" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    folder = tmp_path / "hf"
+    model.save_pretrained(folder, safe_serialization=safe)
+    return model, folder
+
+
+@pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
+def test_gpt2_logits_match_transformers(tmp_path, safe):
+    hf, folder = _gpt2(tmp_path, safe)
+    run = import_model(folder, tmp_path / "run")
+    tokens = torch.randint(0, 300, (3, 48), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = hf(tokens).logits
+    ours = run.model().logits(tokens)
+    assert (ours - expected).abs().max() < 1e-4
+    assert run.meta["family"] == "gpt2" and run.checkpoints == [0]
+    assert run.config.model.act_fn == "gelu_new" and run.config.model.d_mlp == 256
+
+
+def test_the_imported_model_has_the_usual_hooks(tmp_path):
+    _, folder = _gpt2(tmp_path)
+    model = import_model(folder, tmp_path / "run").model()
+    _, cache = model.run_with_cache(torch.arange(10)[None], names_filter=lambda n: n.endswith("hook_pattern"))
+    assert cache["pattern", 1].shape == (1, 4, 10, 10)
+
+
+def test_bad_folders_are_one_line_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        import_model(tmp_path, tmp_path / "run")
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(CheckpointError, match="no .*safetensors or pytorch_model"):
+        import_model(tmp_path, tmp_path / "run")
+    _, folder = _gpt2(tmp_path / "x")
+    (folder / "config.json").write_text((folder / "config.json").read_text().replace('"gpt2"', '"mamba"'))
+    with pytest.raises(ConfigError, match="model_type 'mamba' cannot be imported yet"):
+        import_model(folder, tmp_path / "run")
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "config.json").write_text('{"model_type": "gpt2"}')
+    torch.save({"w": torch.zeros(1), "code": object()}, evil / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="not a plain tensor file"):
+        import_model(evil, tmp_path / "run")
+
+
+def test_cli_import(tmp_path):
+    import subprocess
+    import sys
+
+    _, folder = _gpt2(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "icl_lab.cli", "import", str(folder), "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "imported gpt2 (2 layers, d_model 64, 4 heads, vocab 300)" in r.stdout, r.stderr
+    again = subprocess.run([sys.executable, "-m", "icl_lab.cli", "import", str(folder), "--out", str(tmp_path / "run")],
+                           capture_output=True, text=True)
+    assert again.returncode == 1 and "already holds a run" in again.stderr
