@@ -60,8 +60,10 @@ def test_unknown_head_or_kind_is_a_clear_error(toks):
 
 
 @pytest.mark.parametrize("over", [dict(positional="shortformer"), dict(positional="rotary", smeared_key=True),
-                                  dict(normalization="none", bias=False, n_heads=4, d_model=32)],
-                         ids=["shortformer", "rotary-smeared", "no-ln"])
+                                  dict(normalization="none", bias=False, n_heads=4, d_model=32),
+                                  dict(normalization="rmsnorm", d_mlp=32, gated_mlp=True, act_fn="silu", positional="rotary", bias=False),
+                                  dict(d_mlp=32, parallel_attn_mlp=True, positional="rotary", rotary_dim=4)],
+                         ids=["shortformer", "rotary-smeared", "no-ln", "llama-like", "neox-like"])
 def test_frozen_pattern_shortcut_matches_the_hook_based_reference(over, toks):
     model = Transformer(tiny_config(n_layers=3, **over), seed=5).eval()
     for kind in KINDS:

@@ -9,10 +9,12 @@ from tests.conftest import hand_built_ov, tiny_config
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 VARIANTS = [dict(normalization="layernorm", d_mlp=32), dict(normalization="none", bias=False),
-            dict(positional="rotary", d_mlp=16), dict(positional="shortformer")]
+            dict(positional="rotary", d_mlp=16), dict(positional="shortformer"),
+            dict(normalization="rmsnorm", d_mlp=16, gated_mlp=True, act_fn="silu", positional="rotary", bias=False),
+            dict(d_mlp=16, parallel_attn_mlp=True, positional="rotary", rotary_dim=4)]
 
 
-@pytest.mark.parametrize("over", VARIANTS, ids=["ln-mlp", "no-ln", "rotary", "shortformer"])
+@pytest.mark.parametrize("over", VARIANTS, ids=["ln-mlp", "no-ln", "rotary", "shortformer", "llama-like", "neox-like"])
 def test_direct_logit_attribution_reconstructs_the_logits_exactly(over, tokens):
     model = Transformer(tiny_config(**over), seed=6).eval()
     names, terms, const = direct_logit_attribution(model, tokens)

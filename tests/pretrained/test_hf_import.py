@@ -38,6 +38,46 @@ def test_gpt2_logits_match_transformers(tmp_path, safe):
     assert run.config.model.act_fn == "gelu_new" and run.config.model.d_mlp == 256
 
 
+def _save(tmp_path, model_cls, cfg):
+    torch.manual_seed(0)
+    model = model_cls(cfg).eval()
+    with torch.no_grad():  # non-trivial norms and biases, so that a wrong mapping shows
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(tmp_path / "hf")
+    return model, tmp_path / "hf"
+
+
+FAMILY_CONFIGS = {
+    "neox": lambda: (transformers.GPTNeoXForCausalLM, transformers.GPTNeoXConfig(
+        hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=128, vocab_size=300,
+        max_position_embeddings=48, hidden_dropout=0, attention_dropout=0)),
+    "llama-gqa": lambda: (transformers.LlamaForCausalLM, transformers.LlamaConfig(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=96,
+        vocab_size=300, max_position_embeddings=48, rms_norm_eps=1e-6)),
+    "llama-tied": lambda: (transformers.LlamaForCausalLM, transformers.LlamaConfig(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=1, num_hidden_layers=2, intermediate_size=96,
+        vocab_size=300, max_position_embeddings=48, tie_word_embeddings=True, rope_theta=100000.0)),
+}
+
+
+@pytest.mark.parametrize("family", FAMILY_CONFIGS)
+def test_neox_and_llama_logits_match_transformers(tmp_path, family):
+    model_cls, cfg = FAMILY_CONFIGS[family]()
+    hf, folder = _save(tmp_path, model_cls, cfg)
+    run = import_model(folder, tmp_path / "run")
+    tokens = torch.randint(0, 300, (2, 48), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = hf(tokens).logits
+    assert (run.model().logits(tokens) - expected).abs().max() < 1e-4
+    m = run.config.model
+    if family == "neox":
+        assert m.parallel_attn_mlp and m.rotary_dim == 4 and m.normalization == "layernorm"
+    else:
+        assert m.gated_mlp and m.normalization == "rmsnorm" and not m.bias
+
+
 def test_the_imported_model_has_the_usual_hooks(tmp_path):
     _, folder = _gpt2(tmp_path)
     model = import_model(folder, tmp_path / "run").model()

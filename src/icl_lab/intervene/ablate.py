@@ -148,9 +148,13 @@ def _ablate_with_frozen_patterns(model: Transformer, tokens: Tensor, heads: list
                         z[i, :, :, head] = repl[:, :, head]
                 h, e, d = a.W_O.shape
                 attn_out = z.reshape(*z.shape[:3], h * e) @ a.W_O.reshape(h * e, d)
-                resid = resid + (attn_out if a.b_O is None else attn_out + a.b_O)
-                if not model.cfg.attn_only:
-                    resid = resid + block.mlp(block.ln2(resid))
+                attn_out = attn_out if a.b_O is None else attn_out + a.b_O
+                if model.cfg.parallel_attn_mlp:  # the MLP reads the block's input, not resid_mid
+                    resid = resid + attn_out + block.mlp(block.ln2(resid))
+                else:
+                    resid = resid + attn_out
+                    if not model.cfg.attn_only:
+                        resid = resid + block.mlp(block.ln2(resid))
             logits = model.ln_final(resid) @ model.W_U
             logits = logits if model.b_U is None else logits + model.b_U
             losses = _losses(logits.flatten(0, 1), tokens.repeat(n, 1)).view(n, batch, -1)

@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from icl_lab.model.transformer import LayerNorm, Transformer
+from icl_lab.model.transformer import LayerNorm, RMSNorm, Transformer
 
 
 def _unembed(model: Transformer, x: Tensor) -> Tensor:
@@ -67,5 +67,8 @@ def direct_logit_attribution(
         scale = ((final - final.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True) + model.ln_final.eps).sqrt()
         stack = (stack - stack.mean(-1, keepdim=True)) / scale * model.ln_final.w
         const = const + model.ln_final.b
+    elif isinstance(model.ln_final, RMSNorm):  # no centring: each term is divided by the same scale
+        final = cache[f"blocks.{cfg.n_layers - 1}.hook_resid_post"]
+        stack = stack / (final.pow(2).mean(-1, keepdim=True) + model.ln_final.eps).sqrt() * model.ln_final.w
     terms = stack @ model.W_U
     return names, terms, _unembed(model, const)

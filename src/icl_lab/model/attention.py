@@ -27,7 +27,11 @@ def rotary_tables(n_ctx: int, dim: int, base: float) -> tuple[Tensor, Tensor]:
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate x [batch, pos, head, d_head] by position; cos/sin are [pos, d_head]."""
+    """Rotate x [batch, pos, head, d_head] by position; cos/sin are [pos, rotary_dim]. Only the
+    first rotary_dim dimensions turn (partial rotary, as GPT-NeoX); the rest pass through."""
+    r = cos.shape[-1]
+    if r < x.shape[-1]:
+        return torch.cat([apply_rotary(x[..., :r], cos, sin), x[..., r:]], dim=-1)
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos[:, None, :] + rotated * sin[:, None, :]
@@ -62,7 +66,7 @@ class Attention(nn.Module):
             # alpha = 0 starts every head half-smeared; training picks how much to smear
             self.smear_alpha = zeros(h)
         if cfg.positional == "rotary":
-            cos, sin = rotary_tables(cfg.n_ctx, e, cfg.rotary_base)
+            cos, sin = rotary_tables(cfg.n_ctx, cfg.rotary_dims, cfg.rotary_base)
             self.register_buffer("rotary_cos", cos, persistent=False)
             self.register_buffer("rotary_sin", sin, persistent=False)
             self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]

@@ -24,15 +24,22 @@ class ModelConfig(FrozenConfig):
         positional: "learned" (added to the residual stream), "shortformer" (added to the query
             and key inputs of every layer only, as in Olsson et al.'s small models, so the
             residual stream and values carry no position) or "rotary".
-        normalization: "layernorm" (pre-norm, with a final norm) or "none".
+        normalization: "layernorm" or "rmsnorm" (pre-norm, with a final norm), or "none".
+        norm_eps: the norm's epsilon.
         bias: whether linear maps have biases.
         smeared_key: learn one scalar alpha per head and use
             k_j <- sigmoid(alpha) k_j + (1 - sigmoid(alpha)) k_{j-1} (the first key is unchanged).
-        act_fn: MLP non-linearity: "gelu" (exact), "gelu_new" (GPT-2's tanh approximation) or "relu".
+        act_fn: MLP non-linearity: "gelu" (exact), "gelu_new" (GPT-2's tanh approximation), "relu"
+            or "silu".
+        gated_mlp: a gated MLP, act(x W_gate) * (x W_in) then W_out (SwiGLU with silu, as Llama).
+        parallel_attn_mlp: attention and MLP read the same residual stream and add together
+            (GPT-NeoX / Pythia): resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre)).
         init_std: std of the normal initialisation; 0 (the default) means 0.8/sqrt(d_model), as in
             TransformerLens (0.1 at d_model=64; GPT-2's 0.02 at 64 wide stalls induction-head
             formation). Output projections are further scaled by 1/sqrt(2 n_layers).
         rotary_base: base of the rotary frequencies.
+        rotary_dim: how many leading dimensions of each head rotary positions rotate; 0 means all
+            (GPT-NeoX / Pythia rotate a quarter).
     """
 
     n_layers: int = Field(ge=1, le=64)
@@ -43,12 +50,16 @@ class ModelConfig(FrozenConfig):
     d_vocab: int = Field(ge=2)
     n_ctx: int = Field(ge=2)
     positional: Literal["learned", "shortformer", "rotary"] = "learned"
-    normalization: Literal["layernorm", "none"] = "layernorm"
+    normalization: Literal["layernorm", "rmsnorm", "none"] = "layernorm"
+    norm_eps: float = Field(default=1e-5, gt=0)
     bias: bool = True
     smeared_key: bool = False
-    act_fn: Literal["gelu", "gelu_new", "relu"] = "gelu"
+    act_fn: Literal["gelu", "gelu_new", "relu", "silu"] = "gelu"
+    gated_mlp: bool = False
+    parallel_attn_mlp: bool = False
     init_std: float = Field(default=0.0, ge=0)
     rotary_base: float = Field(default=10000.0, gt=0)
+    rotary_dim: int = Field(default=0, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -65,9 +76,18 @@ class ModelConfig(FrozenConfig):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.positional == "rotary" and self.d_head % 2:
-            raise ValueError(f"rotary positions need an even d_head, got {self.d_head}; change d_head")
+        if self.positional == "rotary" and self.rotary_dims % 2:
+            raise ValueError(f"rotary positions need an even rotary_dim, got {self.rotary_dims}; change d_head or rotary_dim")
+        if self.rotary_dim > self.d_head:
+            raise ValueError(f"rotary_dim={self.rotary_dim} exceeds d_head={self.d_head}; lower it")
+        if (self.gated_mlp or self.parallel_attn_mlp) and self.attn_only:
+            raise ValueError("gated_mlp and parallel_attn_mlp need an MLP; set d_mlp > 0")
         return self
+
+    @property
+    def rotary_dims(self) -> int:
+        """Dimensions of each head that rotary positions rotate."""
+        return self.rotary_dim or self.d_head
 
     @property
     def init_scale(self) -> float:

@@ -37,6 +37,24 @@ class LayerNorm(nn.Module):
         return self.hook_normalized(x / scale) * self.w + self.b
 
 
+class RMSNorm(nn.Module):
+    """x / rms(x) * w (Llama): no centring, no bias."""
+
+    def __init__(self, d_model: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.w = nn.Parameter(torch.ones(d_model))
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_normalized = HookPoint()  # [batch, pos, d_model]
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized(x / scale) * self.w
+
+
+ACTIVATIONS = {"gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu, "silu": F.silu}
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, gen: torch.Generator) -> None:
         super().__init__()
@@ -44,19 +62,28 @@ class MLP(nn.Module):
         self.W_out = matrix(cfg, gen, cfg.d_mlp, cfg.d_model, output=True)
         self.b_in = zeros(cfg.d_mlp) if cfg.bias else None
         self.b_out = zeros(cfg.d_model) if cfg.bias else None
-        self.act = {"gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu}[cfg.act_fn]
+        self.act = ACTIVATIONS[cfg.act_fn]
+        if cfg.gated_mlp:  # act(x W_gate) * (x W_in): hook_pre is the gate, as in TransformerLens
+            self.W_gate = matrix(cfg, gen, cfg.d_model, cfg.d_mlp)
+            self.hook_pre_linear = HookPoint()  # [batch, pos, d_mlp]
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
         self.hook_post = HookPoint()  # [batch, pos, d_mlp]
 
     def forward(self, x: Tensor) -> Tensor:
         pre = x @ self.W_in
-        pre = self.hook_pre(pre if self.b_in is None else pre + self.b_in)
-        out = self.hook_post(self.act(pre)) @ self.W_out
+        pre = pre if self.b_in is None else pre + self.b_in
+        if hasattr(self, "W_gate"):
+            post = self.act(self.hook_pre(x @ self.W_gate)) * self.hook_pre_linear(pre)
+        else:
+            post = self.act(self.hook_pre(pre))
+        out = self.hook_post(post) @ self.W_out
         return out if self.b_out is None else out + self.b_out
 
 
 def _norm(cfg: ModelConfig) -> nn.Module:
-    return LayerNorm(cfg.d_model) if cfg.normalization == "layernorm" else nn.Identity()
+    if cfg.normalization == "layernorm":
+        return LayerNorm(cfg.d_model, cfg.norm_eps)
+    return RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.normalization == "rmsnorm" else nn.Identity()
 
 
 class Block(nn.Module):
@@ -70,7 +97,8 @@ class Block(nn.Module):
         if not cfg.attn_only:
             self.ln2 = _norm(cfg)
             self.mlp = MLP(cfg, gen)
-            self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+            if not cfg.parallel_attn_mlp:
+                self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
             self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
@@ -86,8 +114,10 @@ class Block(nn.Module):
 
     def forward(self, resid: Tensor, pos_embed: Tensor | None) -> Tensor:
         resid = self.hook_resid_pre(resid)
-        attn_out = self.attn(*self.attn_inputs(resid, pos_embed))
-        resid = resid + self.hook_attn_out(attn_out)
+        attn_out = self.hook_attn_out(self.attn(*self.attn_inputs(resid, pos_embed)))
+        if self.cfg.parallel_attn_mlp:  # both read resid_pre (GPT-NeoX); no resid_mid exists
+            return self.hook_resid_post(resid + attn_out + self.hook_mlp_out(self.mlp(self.ln2(resid))))
+        resid = resid + attn_out
         if not self.cfg.attn_only:
             resid = self.hook_resid_mid(resid)
             resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))

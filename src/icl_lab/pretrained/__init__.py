@@ -2,9 +2,11 @@
 directories, so that `analyze`, `ablate` and `report` work on them unchanged. Between `run` and
 `measure` in the flow data -> model -> train -> run -> pretrained -> measure -> ...
 
-Families so far: GPT-2 (Hugging Face folders with config.json and model.safetensors or
-pytorch_model.bin). Logits match Hugging Face `transformers` to 1e-4 in fp32 (tested)."""
+Families: GPT-2, GPT-NeoX / Pythia and Llama (Hugging Face folders with config.json and
+*.safetensors or pytorch_model*.bin). Logits match Hugging Face `transformers` to 1e-4 in fp32
+(tested on random small configs)."""
 
-from icl_lab.pretrained.hf import FAMILIES, import_model, read_hf_folder
+from icl_lab.pretrained.families import FAMILIES
+from icl_lab.pretrained.hf import import_model, read_hf_folder
 
 __all__ = ["FAMILIES", "import_model", "read_hf_folder"]

@@ -2,9 +2,7 @@
 read with `torch.load(weights_only=True)`, which refuses arbitrary pickled objects) as an
 icl-lab run directory with one weights-only checkpoint.
 
-GPT-2 maps onto the icl-lab transformer directly: learned positions, pre-LayerNorm blocks,
-a tanh-GELU MLP, biases everywhere but the unembedding, and a tied unembedding (copied as
-W_U = W_E^T). HF's Conv1D weights are stored [in, out], the orientation icl-lab uses.
+How each family's weights map onto the icl-lab transformer is in `icl_lab.pretrained.families`.
 
 Example:
     >>> run = import_model("models/gpt2", out="runs/gpt2")
@@ -17,14 +15,13 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-import einops
 import torch
 from torch import Tensor
 
 from icl_lab.errors import CheckpointError, ConfigError
 from icl_lab.io import write_json
-from icl_lab.model.config import ModelConfig
 from icl_lab.model.transformer import Transformer
+from icl_lab.pretrained.families import FAMILIES
 from icl_lab.run.rundir import Run, load_run
 from icl_lab.train.checkpoint import save_weights
 from icl_lab.train.config import ExperimentConfig
@@ -60,41 +57,6 @@ def read_hf_folder(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
         except Exception as e:  # noqa: BLE001 — torch raises several types for a file it refuses
             raise CheckpointError(f"{b.name} is not a plain tensor file ({str(e).splitlines()[0][:100]}); convert it to safetensors") from None
     return config, weights
-
-
-def _gpt2_config(hf: dict) -> ModelConfig:
-    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu", "relu"):
-        raise ConfigError(f"GPT-2 activation {hf['activation_function']!r} is not supported; expected gelu_new, gelu or relu")
-    d_model = hf["n_embd"]
-    return ModelConfig.parse(dict(
-        n_layers=hf["n_layer"], d_model=d_model, n_heads=hf["n_head"], d_mlp=hf.get("n_inner") or 4 * d_model,
-        d_vocab=hf["vocab_size"], n_ctx=hf["n_positions"], positional="learned", normalization="layernorm",
-        bias=True, act_fn=hf.get("activation_function", "gelu_new"),
-    ), where="GPT-2 config")
-
-
-def _gpt2_weights(hf: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
-    hf = {k.removeprefix("transformer."): v.float() for k, v in hf.items()}
-    h = cfg.n_heads
-    out = {"W_E": hf["wte.weight"], "W_pos": hf["wpe.weight"], "W_U": hf["wte.weight"].T.clone(),
-           "b_U": torch.zeros(cfg.d_vocab), "ln_final.w": hf["ln_f.weight"], "ln_final.b": hf["ln_f.bias"]}
-    for i in range(cfg.n_layers):
-        p, o = f"h.{i}.", f"blocks.{i}."
-        W_q, W_k, W_v = hf[p + "attn.c_attn.weight"].chunk(3, dim=1)  # each [d_model, head*d_head]
-        b_q, b_k, b_v = hf[p + "attn.c_attn.bias"].chunk(3)
-        for name, W, b in (("Q", W_q, b_q), ("K", W_k, b_k), ("V", W_v, b_v)):
-            out[o + f"attn.W_{name}"] = einops.rearrange(W, "d (h e) -> h d e", h=h)
-            out[o + f"attn.b_{name}"] = einops.rearrange(b, "(h e) -> h e", h=h)
-        out[o + "attn.W_O"] = einops.rearrange(hf[p + "attn.c_proj.weight"], "(h e) d -> h e d", h=h)
-        out[o + "attn.b_O"] = hf[p + "attn.c_proj.bias"]
-        for ours, theirs in (("ln1", "ln_1"), ("ln2", "ln_2")):
-            out[o + f"{ours}.w"], out[o + f"{ours}.b"] = hf[p + f"{theirs}.weight"], hf[p + f"{theirs}.bias"]
-        out[o + "mlp.W_in"], out[o + "mlp.b_in"] = hf[p + "mlp.c_fc.weight"], hf[p + "mlp.c_fc.bias"]
-        out[o + "mlp.W_out"], out[o + "mlp.b_out"] = hf[p + "mlp.c_proj.weight"], hf[p + "mlp.c_proj.bias"]
-    return out
-
-
-FAMILIES = {"gpt2": (_gpt2_config, _gpt2_weights)}
 
 
 def import_model(path: str | Path, out: str | Path) -> Run:
