@@ -294,18 +294,20 @@ def serve_cmd(
 
 @app.command("import")
 def import_cmd(
-    path: Path = typer.Argument(..., help="A local Hugging Face model folder (config.json + safetensors or bin)."),
+    path: Path = typer.Argument(..., help="A local Hugging Face model folder (config.json + safetensors or bin), or a folder of step*/ revisions."),
     out: Path = typer.Option(..., help="Run directory to create."),
+    corpus: str = typer.Option("literary", help="Text that `analyze` evaluates it on: literary, technical, bundled, or a path."),
+    sequences_per_step: Optional[int] = typer.Option(None, help="Sequences per training step, for tokens seen [default: 1024 for revisions (Pythia), else 1]."),
 ) -> None:
-    """Import a pretrained model from local files (GPT-2 so far) as a run directory with one
-    weights-only checkpoint; nothing is downloaded."""
+    """Import a pretrained GPT-2, GPT-NeoX/Pythia or Llama model from local files as a run
+    directory (one weights-only checkpoint per revision); nothing is downloaded."""
     from icl_lab.pretrained import import_model
 
     with err_console.status(f"importing {path}"):
-        run = import_model(path, out)
+        run = import_model(path, out, sequences_per_step=sequences_per_step, corpus=corpus)
     m = run.config.model
     console.print(f"imported {run.meta['family']} ({m.n_layers} layers, d_model {m.d_model}, {m.n_heads} heads, "
-                  f"vocab {m.d_vocab}) into [bold]{run.path}[/]")
+                  f"vocab {m.d_vocab}; {len(run.checkpoints)} checkpoint{'s' * (len(run.checkpoints) > 1)}) into [bold]{run.path}[/]")
 
 
 @app.command("info")

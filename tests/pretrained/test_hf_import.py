@@ -110,7 +110,31 @@ def test_cli_import(tmp_path):
     _, folder = _gpt2(tmp_path)
     r = subprocess.run([sys.executable, "-m", "icl_lab.cli", "import", str(folder), "--out", str(tmp_path / "run")],
                        capture_output=True, text=True)
-    assert r.returncode == 0 and "imported gpt2 (2 layers, d_model 64, 4 heads, vocab 300)" in r.stdout, r.stderr
+    assert r.returncode == 0 and "imported gpt2 (2 layers, d_model 64, 4 heads, vocab 300; 1 checkpoint)" in r.stdout, r.stderr
     again = subprocess.run([sys.executable, "-m", "icl_lab.cli", "import", str(folder), "--out", str(tmp_path / "run")],
                            capture_output=True, text=True)
     assert again.returncode == 1 and "already holds a run" in again.stderr
+
+
+def test_a_folder_of_revisions_is_one_run_that_analyze_reads(tmp_path):
+    """Pythia-style step*/ revisions become one run with one checkpoint per revision (tokens =
+    step x 1024 x n_ctx); `analyze` measures it like a trained run."""
+    import icl_lab
+
+    model_cls, cfg = FAMILY_CONFIGS["neox"]()
+    for step in (0, 1000, 2000, 4000):
+        torch.manual_seed(step)
+        model_cls(cfg).save_pretrained(tmp_path / "revs" / f"step{step}")
+    (tmp_path / "revs" / "notes").mkdir()
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for i in range(12):
+        (texts / f"{i}.txt").write_text(f"document {i}: the quick brown fox jumps over the lazy dog. " * 60)
+    run = import_model(tmp_path / "revs", tmp_path / "run", corpus=str(texts))
+    assert run.checkpoints == [0, 1000, 2000, 4000] and run.meta["revisions"] == [0, 1000, 2000, 4000]
+    summary = icl_lab.measure.analyze([run], n_examples=8)[str(run.path)]
+    table = run.metrics()
+    assert sorted(table[table.metric == "loss"].tokens) == [s * 1024 * 48 for s in (0, 1000, 2000, 4000)]
+    assert len(summary["heads"]) == 8 and "reason" in summary["phase_change"]  # 3 checkpoints after step 0
+    single = import_model(tmp_path / "revs" / "step1000", tmp_path / "one", corpus=str(texts))
+    assert icl_lab.measure.analyze([single], n_examples=8)[str(single.path)]["phase_change"]["detected"] is False

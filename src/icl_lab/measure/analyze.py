@@ -40,6 +40,7 @@ from icl_lab.train.checkpoint import load_weights
 EVAL_SEED = 20220308  # fixed: every checkpoint of every run sees the same evaluation tokens
 HEAD_METRICS = ("prefix_matching", "previous_token", "duplicate_token", "copying", "ov_eigen_positivity")
 INDUCTION_THRESHOLDS = {"prefix_matching": 0.5, "copying": 0.5}
+MIN_PHASE_CHECKPOINTS = 4
 
 Progress = Callable[[str, int, int], None]  # (run name, checkpoints done, total)
 
@@ -133,8 +134,13 @@ def _analyze_run(run: Run, ev: EvalSet, progress: Progress | None) -> tuple[list
 def _summary(run: Run, table: pd.DataFrame) -> dict:
     series = table.pivot_table(index="tokens", columns="metric", values="value", aggfunc="max")
     series = series[series.index > 0]
-    phase = detect_phase_change(series.index.to_numpy(float), series["icl_score"].to_numpy(),
-                                series["prefix_matching"].to_numpy(), series["loss"].to_numpy())
+    if len(series) >= MIN_PHASE_CHECKPOINTS:
+        phase = detect_phase_change(series.index.to_numpy(float), series["icl_score"].to_numpy(),
+                                    series["prefix_matching"].to_numpy(), series["loss"].to_numpy())
+    else:  # e.g. one imported pretrained checkpoint: the scores stand, a transition cannot be seen
+        phase = {"detected": False, "start_tokens": None, "end_tokens": None, "loss_bump": None, "overlap": None,
+                 "coincide": False, "icl_window": None, "prefix_matching_window": None,
+                 "reason": f"{len(series)} checkpoints after step 0; detecting a phase change needs {MIN_PHASE_CHECKPOINTS}"}
     icl = table[table.metric == "icl_score"].sort_values("step")
     final = table[(table.step == table.step.max()) & table.metric.isin(HEAD_METRICS)]
     heads = final.pivot_table(index=["layer", "head"], columns="metric", values="value").reset_index()
@@ -190,8 +196,8 @@ def analyze(runs: Sequence[Run], n_examples: int = 256, progress: Progress | Non
     if len(shape) > 1:
         raise ConfigError(f"runs differ in (d_vocab, n_ctx): {sorted(shape)}; analyze runs of one shape together")
     for r in runs:
-        if len(r.checkpoints) < 4:
-            raise ConfigError(f"{r.path} has {len(r.checkpoints)} checkpoints; analysis needs at least 4 (train longer)")
+        if not r.checkpoints:
+            raise ConfigError(f"{r.path} has no checkpoints yet; train it first")
     ev = make_eval_set(runs[0], n_examples)
     tables, vectors = [], []
     with torch.inference_mode():

@@ -16,10 +16,12 @@ def joint_pca(vectors: np.ndarray, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """
     centred = vectors - vectors.mean(0, keepdims=True)
     _, s, vt = np.linalg.svd(centred, full_matrices=False)
-    proj = centred @ vt[:k].T
+    proj = np.zeros((len(vectors), k))
+    proj[:, : min(k, len(vt))] = centred @ vt[:k].T  # fewer checkpoints than components: the rest stay 0
     signs = np.where(proj[0] > 0, -1.0, 1.0)
-    var = s**2
-    return proj * signs, (var[:k] / var.sum()) if var.sum() > 0 else np.zeros(k)
+    var = np.zeros(k)
+    var[: min(k, len(s))] = s[:k] ** 2
+    return proj * signs, (var / (s**2).sum()) if (s**2).sum() > 0 else np.zeros(k)
 
 
 def before_after_vector(start: np.ndarray, end: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -59,38 +60,70 @@ def read_hf_folder(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
     return config, weights
 
 
-def import_model(path: str | Path, out: str | Path) -> Run:
-    """Convert the Hugging Face model folder `path` into the run directory `out`.
+REVISION = re.compile(r"step(\d+)")
+PYTHIA_SEQUENCES_PER_STEP = 1024  # Pythia's batch: 1024 sequences of 2048 tokens per step
 
-    The run's config holds the model and, for text analysis, the bundled literary corpus with
-    the GPT-2 tokenizer; meta.json records where the weights came from.
 
-    Raises:
-        ConfigError: an unsupported `model_type`, or `out` already holds a run.
-        CheckpointError: the folder's weights are missing, unreadable or do not fit its config.
-    """
-    path, out = Path(path), Path(out)
-    hf_config, weights = read_hf_folder(path)
+def revisions(path: Path) -> dict[int, Path]:
+    """step -> folder for a folder of training revisions (Pythia's `step1000/`, `step2000/`, ...)."""
+    found = {int(m.group(1)): p for p in path.iterdir() if p.is_dir() and (m := REVISION.fullmatch(p.name))}
+    return {s: found[s] for s in sorted(found) if (found[s] / "config.json").is_file()}
+
+
+def _load(folder: Path) -> tuple[str, object, dict[str, Tensor], dict]:
+    hf_config, weights = read_hf_folder(folder)
     family = hf_config.get("model_type")
     if family not in FAMILIES:
         raise ConfigError(f"model_type {family!r} cannot be imported yet; supported: {', '.join(FAMILIES)}")
+    return family, FAMILIES[family], weights, hf_config
+
+
+def import_model(path: str | Path, out: str | Path, sequences_per_step: int | None = None, corpus: str = "literary") -> Run:
+    """Convert a local Hugging Face model folder, or a folder of its training revisions
+    (`step1000/`, `step2000/`, ... each a model folder), into the run directory `out`, one
+    checkpoint per revision, so the training-dynamics analysis runs on real checkpoints.
+
+    The run's config holds the model and, for text analysis, `corpus` (default the bundled
+    literary one) with the GPT-2 tokenizer (a locally trained BPE for vocabularies under 50257);
+    meta.json records where the weights came from.
+
+    Args:
+        sequences_per_step: sequences per training step, so that checkpoints carry tokens seen
+            (step x this x n_ctx); default 1024 (Pythia's) for revisions, else 1.
+
+    Raises:
+        ConfigError: an unsupported `model_type`, revisions of different shapes, or `out` already holds a run.
+        CheckpointError: the folder's weights are missing, unreadable or do not fit its config.
+    """
+    path, out = Path(path), Path(out)
+    steps = {0: path} if (path / "config.json").is_file() or not path.is_dir() else revisions(path)
+    if not steps:
+        raise CheckpointError(f"{path} has no config.json and no step*/ revisions; pass a Hugging Face model folder")
     layout = RunLayout(out)
     if layout.config.exists():
         raise ConfigError(f"{out} already holds a run; choose another --out")
-    make_config, convert = FAMILIES[family]
-    cfg = make_config(hf_config)
-    model = Transformer(cfg)
-    try:
-        model.load_state_dict(convert(weights, cfg))
-    except (KeyError, RuntimeError) as e:
-        raise CheckpointError(f"{path} does not hold a complete {family} model ({str(e).splitlines()[0][:120]})") from None
+    cfg = family = None
+    for step, folder in steps.items():
+        fam, (make_config, convert), weights, hf_config = _load(folder)
+        this = make_config(hf_config)
+        if cfg is not None and this != cfg:
+            raise ConfigError(f"revision {folder.name} has a different architecture from the first one; import it separately")
+        cfg, family = this, fam
+        model = Transformer(cfg)
+        try:
+            model.load_state_dict(convert(weights, cfg))
+        except (KeyError, RuntimeError) as e:
+            raise CheckpointError(f"{folder} does not hold a complete {fam} model ({str(e).splitlines()[0][:120]})") from None
+        per_step = sequences_per_step or (PYTHIA_SEQUENCES_PER_STEP if len(steps) > 1 else 1)
+        save_weights(layout.checkpoint(step), model, step=step, tokens=step * per_step * cfg.n_ctx, source=str(folder.resolve()))
+        del model, weights
     experiment = ExperimentConfig.parse(dict(
         name=f"import-{path.name}", model=cfg.model_dump(),
-        data=dict(kind="text", corpus="literary", tokenizer="gpt2" if cfg.d_vocab >= 50257 else "bpe"),
-        train=dict(steps=1, warmup_steps=0, n_checkpoints=2)), where="imported run")
+        data=dict(kind="text", corpus=corpus, tokenizer="gpt2" if cfg.d_vocab >= 50257 else "bpe"),
+        train=dict(steps=max(max(steps), 1), batch_size=per_step, warmup_steps=0, n_checkpoints=max(len(steps), 2))),
+        where="imported run")
     write_json(layout.config, experiment.model_dump(mode="json"))
-    save_weights(layout.checkpoint(0), model, source=str(path.resolve()))
     write_json(layout.meta, {"seed": None, "imported_from": str(path.resolve()), "family": family,
-                             "versions": library_versions(), "status": "complete",
+                             "revisions": sorted(steps), "versions": library_versions(), "status": "complete",
                              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return load_run(out)
