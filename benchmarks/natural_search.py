@@ -3,8 +3,8 @@ configuration on the literary corpus and print, every `--every` steps, tokens se
 loss, loss on induction-predictable targets (`loss_repeat`: the bigram already occurred in the
 window) and each layer's best prefix-matching score on repeated random tokens.
 
-    .venv/bin/python benchmarks/natural_search.py B --threads 1
-    .venv/bin/python benchmarks/natural_search.py B --set model.n_ctx=64 --set train.steps=9000
+    .venv/bin/python benchmarks/natural_search.py J --threads 1
+    .venv/bin/python benchmarks/natural_search.py J --set model.n_ctx=256 --set train.batch_size=8
 
 Candidates start from BASE and apply their overrides; `--set a.b=value` adds more.
 Two candidates with --threads 1 can run side by side on 2 cores."""
@@ -30,10 +30,29 @@ BASE = dict(
     data=dict(kind="text", corpus="literary", tokenizer="bpe"),
     train=dict(steps=4000, batch_size=32, lr=2e-3, warmup_steps=100, schedule="constant", log_every=10, n_checkpoints=100),
 )
+_D64 = {"d_model": 64, "n_heads": 2, "d_vocab": 512}
+_NOLN = {"d_model": 64, "n_heads": 4, "d_vocab": 512, "n_ctx": 64, "normalization": "none"}
+_FAST = {"lr": 3e-3, "warmup_steps": 30}
+_TECH = {"corpus": "technical"}
+_SYN = {"kind": "repeated"}
+# the runs of docs/natural-phase-change.md; steps are generous: stop a run at its time budget
 CANDIDATES = {
     "A": {"train": {"steps": 4000}},
-    "B": {"model": {"d_model": 64, "n_heads": 2, "d_vocab": 512}, "train": {"steps": 30000, "lr": 3e-3, "warmup_steps": 200}},
-    "C": {"model": {"d_model": 64, "n_heads": 2, "d_vocab": 512, "n_ctx": 64}, "train": {"steps": 60000, "lr": 3e-3, "warmup_steps": 200}},
+    "B": {"model": _D64, "train": {"steps": 30000, "lr": 3e-3, "warmup_steps": 200}},
+    "C": {"model": {**_D64, "n_ctx": 64}, "train": {"steps": 60000, "lr": 3e-3, "warmup_steps": 200}},
+    "D": {"model": {**_D64, "n_ctx": 64}, "train": {"steps": 200000, "batch_size": 8, "lr": 2e-3, "warmup_steps": 200}},
+    "E": {"model": {**_D64, "n_ctx": 64}, "data": _TECH, "train": {"steps": 200000, "batch_size": 16, "lr": 2e-3, "warmup_steps": 200}},
+    "F": {"model": {**_D64, "n_ctx": 64}, "data": _SYN, "train": {"steps": 3000, "batch_size": 16, "lr": 2e-3, "warmup_steps": 200}},
+    "F1": {"model": {**_NOLN, "n_heads": 1}, "data": _SYN, "train": {"steps": 2000, **_FAST}},
+    "F2": {"model": {**_NOLN, "n_heads": 1, "normalization": "layernorm"}, "data": _SYN, "train": {"steps": 2000, **_FAST}},
+    "G": {"model": {**_NOLN, "n_heads": 1}, "train": {"steps": 60000, **_FAST}},
+    "H": {"model": {**_NOLN, "n_heads": 1}, "data": _TECH, "train": {"steps": 60000, **_FAST}},
+    "I": {"model": _NOLN, "train": {"steps": 60000, **_FAST}},
+    "J": {"model": _NOLN, "data": _TECH, "train": {"steps": 60000, **_FAST}},
+    "K": {"model": {**_NOLN, "n_ctx": 128}, "data": _TECH, "train": {"steps": 60000, "batch_size": 16, **_FAST}},
+    "N": {"model": _NOLN, "data": _TECH, "train": {"steps": 60000, "lr": 1e-3, "warmup_steps": 1000}},
+    "R": {"model": {**_NOLN, "positional": "rotary"}, "data": _TECH, "train": {"steps": 60000, **_FAST}},
+    "Q": {"model": {**_NOLN, "smeared_key": True}, "data": _TECH, "train": {"steps": 60000, **_FAST}},
 }
 
 

@@ -188,7 +188,8 @@ def analyze(runs: Sequence[Run], n_examples: int = 256, progress: Progress | Non
         Run path -> summary dict (keys documented in docs/analysis.md).
 
     Raises:
-        ConfigError: runs of different shapes, or a run with fewer than 4 checkpoints.
+        ConfigError: runs of different shapes, or a run without checkpoints. (Phase-change
+            detection needs 4 checkpoints after step 0; with fewer, the summary says why.)
     """
     if not runs:
         raise ConfigError("analyze needs at least one run directory")
