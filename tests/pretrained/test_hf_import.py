@@ -138,3 +138,52 @@ def test_a_folder_of_revisions_is_one_run_that_analyze_reads(tmp_path):
     assert len(summary["heads"]) == 8 and "reason" in summary["phase_change"]  # 3 checkpoints after step 0
     single = import_model(tmp_path / "revs" / "step1000", tmp_path / "one", corpus=str(texts))
     assert icl_lab.measure.analyze([single], n_examples=8)[str(single.path)]["phase_change"]["detected"] is False
+
+
+def test_gguf_llama_logits_match_transformers(tmp_path):
+    """A random Llama written as llama.cpp writes GGUF (Q/K rows permuted for its rope layout,
+    Q8_0 for one matrix) imports with the permutation undone."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    model_cls, cfg = FAMILY_CONFIGS["llama-gqa"]()
+    hf, _ = _save(tmp_path, model_cls, cfg)
+    sd = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+
+    def permute(w, n_head):  # llama.cpp's convert_hf_to_gguf permute
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+    for add, value in (("block_count", 2), ("context_length", 48), ("embedding_length", 64), ("feed_forward_length", 96),
+                       ("head_count", 4), ("head_count_kv", 2), ("rope_freq_base", 10000.0), ("layer_norm_rms_eps", 1e-6),
+                       ("rope_dimension_count", 16)):
+        getattr(w, f"add_{add}")(value)
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    w.add_tensor("output.weight", sd["lm_head.weight"])
+    names = {v: k for k, v in __import__("icl_lab.pretrained.gguf_file", fromlist=["NAMES"]).NAMES.items()}
+    for i in range(2):
+        for hf_name, gguf_name in names.items():
+            t = sd[f"model.layers.{i}.{hf_name}"]
+            if gguf_name == "attn_q.weight":
+                t = permute(t, 4)
+            elif gguf_name == "attn_k.weight":
+                t = permute(t, 2)
+            if i == 1 and gguf_name == "ffn_up.weight":  # one quantised tensor: dequantisation is exercised
+                q = gguf.quants.quantize(t, gguf.GGMLQuantizationType.Q8_0)
+                w.add_tensor(f"blk.{i}.{gguf_name}", q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+                sd[f"model.layers.{i}.{hf_name}"] = gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0)
+                continue
+            w.add_tensor(f"blk.{i}.{gguf_name}", np.ascontiguousarray(t))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with torch.no_grad():  # the reference uses the same (dequantised) up-projection
+        hf.model.layers[1].mlp.up_proj.weight.copy_(torch.from_numpy(np.asarray(sd["model.layers.1.mlp.up_proj.weight"])))
+    run = import_model(tmp_path / "m.gguf", tmp_path / "run")
+    tokens = torch.randint(0, 300, (2, 48), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = hf(tokens).logits
+    assert (run.model().logits(tokens) - expected).abs().max() < 1e-4
+    assert run.config.data.eval_ctx == 48 and run.meta["family"] == "llama"

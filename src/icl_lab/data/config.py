@@ -26,6 +26,10 @@ class DataConfig(FrozenConfig):
             "bundled" (both), a .txt/.md file or folder, or hf:PATH (a `save_to_disk` dataset).
         tokenizer: for "text": "byte", "char", "bpe" (trained locally with vocab model.d_vocab)
             or "gpt2" (the real GPT-2 BPE; d_vocab 50257).
+        tokenizer_file: a saved icl-lab tokenizer JSON to use as is instead of building one (an
+            imported model's own tokenizer).
+        eval_ctx: length of the evaluation windows `analyze` uses; 0 means model.n_ctx (imported
+            models with long contexts evaluate at 512, as Olsson et al.).
     """
 
     kind: Literal["repeated", "uniform", "text"] = "repeated"
@@ -35,6 +39,8 @@ class DataConfig(FrozenConfig):
     bos: bool = True
     corpus: str = "literary"
     tokenizer: Literal["byte", "char", "bpe", "gpt2"] = "bpe"
+    tokenizer_file: str = ""
+    eval_ctx: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _check(self):

@@ -75,7 +75,7 @@ def load_tokens(cfg: DataConfig, d_vocab: int, build: bool = True) -> TokenSet:
         DataError: the corpus or tokenizer cannot be built, or d_vocab does not fit the tokenizer.
     """
     corpus = resolve_corpus(cfg.corpus, build=build)
-    tok = get_tokenizer(cfg.tokenizer, d_vocab, corpus)
+    tok = get_tokenizer(cfg.tokenizer, d_vocab, corpus, cfg.tokenizer_file)
     if tok.vocab_size > d_vocab:
         raise DataError(f"tokenizer {cfg.tokenizer} has {tok.vocab_size} tokens but model.d_vocab={d_vocab}; raise d_vocab")
     out = cache_dir() / "tokens" / f"{corpus.name}-{tok.fingerprint().split(':')[1][:16]}"

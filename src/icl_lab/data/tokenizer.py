@@ -154,13 +154,15 @@ def gpt2_tiktoken_file() -> Path:
     return write_text(path, data.decode("ascii"))
 
 
-def get_tokenizer(kind: str, vocab_size: int, corpus: Path) -> Tokenizer:
+def get_tokenizer(kind: str, vocab_size: int, corpus: Path, file: str = "") -> Tokenizer:
     """The tokenizer `kind` for `corpus` with at most `vocab_size` ids, trained (BPE, char) or
     fetched (GPT-2) once and cached.
 
     Raises:
         DataError: an unknown kind, or a vocab size the kind cannot have.
     """
+    if file:  # a model's own tokenizer, saved with it
+        return Tokenizer.load(file)
     if kind not in KINDS:
         raise DataError(f"unknown tokenizer {kind!r}; choose one of {', '.join(KINDS)}")
     if kind == "byte":

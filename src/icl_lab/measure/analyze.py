@@ -23,9 +23,8 @@ from icl_lab.errors import ConfigError
 from icl_lab.io import atomic_write, write_json
 from icl_lab.measure.circuits import copying_scores, ov_eigen_positivity
 from icl_lab.measure.head_scores import (
-    attention_patterns,
     duplicate_token_mask,
-    masked_attention_score,
+    masked_pattern_scores,
     prefix_matching_mask,
     previous_token_mask,
     repeated_random_tokens,
@@ -66,9 +65,15 @@ def eval_tokens(run: Run, n_examples: int, gen: torch.Generator) -> torch.Tensor
     """[example, pos] evaluation sequences: windows of the validation split for text runs,
     fresh synthetic sequences otherwise."""
     cfg = run.config
+    n_ctx = eval_context(run)
     if cfg.data.kind == "text":
-        return sample_windows(load_tokens(cfg.data, cfg.model.d_vocab).val, cfg.model.n_ctx, n_examples, gen).tokens
-    return sample_batch(cfg.data, cfg.model.d_vocab, cfg.model.n_ctx, n_examples, gen).tokens
+        return sample_windows(load_tokens(cfg.data, cfg.model.d_vocab).val, n_ctx, n_examples, gen).tokens
+    return sample_batch(cfg.data, cfg.model.d_vocab, n_ctx, n_examples, gen).tokens
+
+
+def eval_context(run: Run) -> int:
+    """Length of the evaluation windows: data.eval_ctx, else the model's context."""
+    return min(run.config.data.eval_ctx or run.config.model.n_ctx, run.config.model.n_ctx)
 
 
 def make_eval_set(run: Run, n_examples: int = 256) -> EvalSet:
@@ -78,21 +83,19 @@ def make_eval_set(run: Run, n_examples: int = 256) -> EvalSet:
     cfg = run.config
     gen = torch.Generator().manual_seed(EVAL_SEED)
     tokens = eval_tokens(run, n_examples, gen)
-    positions = torch.randint(0, cfg.model.n_ctx - 1, (n_examples,), generator=gen)
+    positions = torch.randint(0, tokens.shape[1] - 1, (n_examples,), generator=gen)
     exclude = sorted({0, *rare_and_common_tokens(tokens, cfg.model.d_vocab)})
-    repeated, seg_len = repeated_random_tokens(cfg.model.d_vocab, cfg.model.n_ctx, seed=EVAL_SEED, exclude=exclude)
+    repeated, seg_len = repeated_random_tokens(cfg.model.d_vocab, tokens.shape[1], seed=EVAL_SEED, exclude=exclude)
     return EvalSet(tokens, positions, repeated, seg_len)
 
 
 def head_scores(model: Transformer, ev: EvalSet) -> dict[str, torch.Tensor]:
     """Every head score of `model`, each [layer, head]."""
-    rep = attention_patterns(model, ev.repeated)
     n_rep = ev.repeated.shape[1]
-    text = attention_patterns(model, ev.tokens[:32])
     return {
-        "prefix_matching": masked_attention_score(rep, prefix_matching_mask(n_rep, ev.seg_len)),
-        "duplicate_token": masked_attention_score(rep, duplicate_token_mask(n_rep, ev.seg_len)),
-        "previous_token": masked_attention_score(text, previous_token_mask(ev.tokens.shape[1])),
+        "prefix_matching": masked_pattern_scores(model, ev.repeated, prefix_matching_mask(n_rep, ev.seg_len)),
+        "duplicate_token": masked_pattern_scores(model, ev.repeated, duplicate_token_mask(n_rep, ev.seg_len)),
+        "previous_token": masked_pattern_scores(model, ev.tokens[:32], previous_token_mask(ev.tokens.shape[1])),
         "copying": copying_scores(model),
         "ov_eigen_positivity": ov_eigen_positivity(model),
     }
@@ -146,7 +149,7 @@ def _summary(run: Run, table: pd.DataFrame) -> dict:
     heads = final.pivot_table(index=["layer", "head"], columns="metric", values="value").reset_index()
     head_records = [{"layer": int(r["layer"]), "head": int(r["head"]), **{m: float(r[m]) for m in HEAD_METRICS}}
                     for _, r in heads.iterrows()]
-    early, late = icl_positions(run.config.model.n_ctx)
+    early, late = icl_positions(eval_context(run))
     return {
         "run": str(run.path),
         "phase_change": phase,
@@ -193,7 +196,7 @@ def analyze(runs: Sequence[Run], n_examples: int = 256, progress: Progress | Non
     """
     if not runs:
         raise ConfigError("analyze needs at least one run directory")
-    shape = {(r.config.model.d_vocab, r.config.model.n_ctx) for r in runs}
+    shape = {(r.config.model.d_vocab, eval_context(r)) for r in runs}
     if len(shape) > 1:
         raise ConfigError(f"runs differ in (d_vocab, n_ctx): {sorted(shape)}; analyze runs of one shape together")
     for r in runs:

@@ -82,6 +82,27 @@ def attention_patterns(model: Transformer, tokens: Int[Tensor, "batch pos"]) -> 
     return cache.layers("pattern")
 
 
+@torch.inference_mode()
+def masked_pattern_scores(
+    model: Transformer, tokens: Int[Tensor, "batch pos"], mask: Float[Tensor, "query_pos key_pos"], chunk: int = 8
+) -> Float[Tensor, "layer head"]:
+    """`masked_attention_score` without keeping the patterns: each layer's pattern is reduced as
+    it is computed, `chunk` sequences at a time, so memory stays at one layer's pattern for a
+    few sequences (a 30-layer model at 512 tokens would need gigabytes for all of them)."""
+    device = next(model.parameters()).device
+    mask = mask.to(device)
+    rows = mask.sum(-1) > 0
+    total = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+
+    def reduce(pattern: Tensor, *, hook) -> None:  # pattern [batch, head, query_pos, key_pos]
+        layer = int(hook.name.split(".")[1])
+        total[layer] += (pattern * mask).sum(-1)[..., rows].mean(-1).sum(0).float().cpu()
+
+    for start in range(0, len(tokens), chunk):
+        model.run_with_hooks(tokens[start : start + chunk].to(device), fwd_hooks=[(lambda n: n.endswith("attn.hook_pattern"), reduce)])
+    return total / len(tokens)
+
+
 def prefix_matching_scores(
     model: Transformer, tokens: Int[Tensor, "batch pos"] | None = None, seg_len: int | None = None, seed: int = 0
 ) -> Float[Tensor, "layer head"]:
@@ -104,8 +125,7 @@ def _repeated_score(model: Transformer, tokens: Tensor | None, seg_len: int | No
         tokens, seg_len = repeated_random_tokens(model.cfg.d_vocab, model.cfg.n_ctx, seed=seed)
     elif seg_len is None:
         raise ConfigError(f"{name} needs seg_len with explicit tokens; pass the repeat period")
-    device = next(model.parameters()).device
-    return masked_attention_score(attention_patterns(model, tokens.to(device)), mask_fn(tokens.shape[1], seg_len))
+    return masked_pattern_scores(model, tokens, mask_fn(tokens.shape[1], seg_len))
 
 
 def masked_attention_score(
@@ -132,8 +152,7 @@ def duplicate_token_scores(
 def previous_token_scores(model: Transformer, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer head"]:
     """Previous-token score of every head: mean attention from position i to i-1 over i >= 1.
     A perfect previous-token head scores 1."""
-    device = next(model.parameters()).device
-    return masked_attention_score(attention_patterns(model, tokens.to(device)), previous_token_mask(tokens.shape[1]))
+    return masked_pattern_scores(model, tokens, previous_token_mask(tokens.shape[1]))
 
 
 def previous_token_mask(n_pos: int) -> Float[Tensor, "query_pos key_pos"]:

@@ -30,10 +30,15 @@ def icl_positions(n_ctx: int) -> tuple[int, int]:
     return early, late
 
 
+LOGITS_BUDGET = 2**26  # logits held at once (256 MB in fp32): a 49k vocabulary at 512 tokens gets 2 sequences
+
+
 @torch.inference_mode()
 def per_token_losses(model: Transformer, tokens: Int[Tensor, "batch pos"], batch_size: int = 64) -> Float[Tensor, "batch pos_minus_1"]:
-    """Per-token loss on `tokens` in chunks of `batch_size` sequences (inference mode, fused attention)."""
+    """Per-token loss on `tokens` in chunks of at most `batch_size` sequences, fewer when the
+    logits would exceed LOGITS_BUDGET (inference mode, fused attention)."""
     device = next(model.parameters()).device
+    batch_size = max(1, min(batch_size, LOGITS_BUDGET // (tokens.shape[1] * model.cfg.d_vocab)))
     return torch.cat([model.per_token_loss(tokens[i : i + batch_size].to(device)).cpu() for i in range(0, len(tokens), batch_size)])
 
 

@@ -7,6 +7,7 @@ Families: GPT-2, GPT-NeoX / Pythia and Llama (Hugging Face folders with config.j
 (tested on random small configs)."""
 
 from icl_lab.pretrained.families import FAMILIES
-from icl_lab.pretrained.hf import import_model, read_hf_folder
+from icl_lab.pretrained.gguf_file import read_gguf
+from icl_lab.pretrained.hf import BUILTINS, builtin_model, import_model, read_hf_folder
 
-__all__ = ["FAMILIES", "import_model", "read_hf_folder"]
+__all__ = ["BUILTINS", "FAMILIES", "builtin_model", "import_model", "read_gguf", "read_hf_folder"]

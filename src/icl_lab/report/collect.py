@@ -30,7 +30,8 @@ from icl_lab.train.checkpoint import load_weights
 VIEW_POSITIONS = 64  # the attention viewer shows at most this many tokens per sample
 VIEW_CHECKPOINTS = 16  # and this many checkpoints on its slider
 EDGE_Z = 2.0  # a composition edge is drawn when its score is this many baseline stds above the mean
-LIVE_SECONDS = 120  # a run whose status is "running" and whose log moved this recently is training
+LIVE_SECONDS = 120
+COMPOSITION_BUDGET = 2**28  # (heads x d_model)^2 elements: small models get the composition graph  # a run whose status is "running" and whose log moved this recently is training
 
 
 @dataclass(frozen=True)
@@ -135,8 +136,12 @@ def collect_attention(run: Run, keep: tuple[int, ...] = ()) -> Attention | None:
 @torch.inference_mode()
 def collect_composition(run: Run) -> dict | None:
     """Q/K/V-composition scores of the final checkpoint against their random baseline: every
-    earlier-head -> later-head pair as an edge record, `drawn` when z >= EDGE_Z."""
-    if run.config.model.n_layers < 2 or not run.checkpoints:
+    earlier-head -> later-head pair as an edge record, `drawn` when z >= EDGE_Z. None for one-layer
+    models and for models too large to form every pair's d_model x d_model product."""
+    m = run.config.model
+    if m.n_layers < 2 or not run.checkpoints:
+        return None
+    if (m.n_layers * m.n_heads * m.d_model) ** 2 > COMPOSITION_BUDGET:  # the pairwise products would not fit in memory
         return None
     model = run.model()
     edges, baselines = [], {}
