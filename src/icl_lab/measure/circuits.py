@@ -17,7 +17,7 @@ from icl_lab.model.transformer import Transformer
 
 
 @torch.inference_mode()
-def copying_scores(model: Transformer, max_sources: int = 2048, budget: int = 2**25, seed: int = 0) -> Float[Tensor, "layer head"]:
+def copying_scores(model: Transformer, max_sources: int = 512, budget: int = 2**25, seed: int = 0) -> Float[Tensor, "layer head"]:
     """Copying score of every head: how much its direct-path OV circuit raises the logit of the
     token it attends to.
 
@@ -61,6 +61,7 @@ def ov_eigen_positivity(model: Transformer) -> Float[Tensor, "layer head"]:
     (Elhage et al. 2021): 1 when the circuit copies (all eigenvalues positive), -1 when it
     anti-copies. Computed from the [d_head, d_head] product W_O W_U W_E W_V, which has the same
     non-zero eigenvalues."""
-    small = torch.einsum("lhef,fv,vd,lhdg->lheg", model.W_O, model.W_U, model.W_E, model.W_V)
+    unembed_embed = model.W_U @ model.W_E  # [d_model, d_model] first: never a [layer, head, d_head, d_vocab] tensor
+    small = torch.einsum("lhef,fd,lhdg->lheg", model.W_O, unembed_embed, model.W_V)
     eig = torch.linalg.eigvals(small.double())  # [layer, head, d_head], complex
     return (eig.sum(-1).real / eig.abs().sum(-1).clamp_min(1e-30)).float().cpu()
