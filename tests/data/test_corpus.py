@@ -95,3 +95,22 @@ def test_build_errors(monkeypatch):
         build_corpus("bundled", debian=True)
     with pytest.raises(DataError, match="Debian-only"):
         build_corpus("technical")
+
+
+def test_html_fortune_and_gzip_readers(tmp_path):
+    """The Debian readers on hand-written files: markup and scripts go, entities decode, fortune
+    separators become paragraph breaks, .gz files are read through."""
+    import gzip
+
+    page = tmp_path / "p.html"
+    page.write_text("<html><head><title>x</title></head><body><script>var a=1;</script>"
+                    "<h1>SELECT</h1><p>a &lt; b &amp; c</p><br/>end</body></html>")
+    (_, _, text), = corpus._html(page)
+    assert "var a" not in text and "<" not in text.replace("a < b", "")
+    assert "SELECT\n" in text and "a < b & c" in text and text.rstrip().endswith("end")
+    cookies = tmp_path / "f.u8"
+    cookies.write_text("one\n%\ntwo\n%\nthree\n")
+    assert next(corpus._fortunes(cookies))[2] == "one\n\ntwo\n\nthree\n"
+    gz = tmp_path / "j.txt.gz"
+    gz.write_bytes(gzip.compress("jargon\r\nfile".encode()))
+    assert next(corpus._plain(gz))[2] == "jargon\nfile"

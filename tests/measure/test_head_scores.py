@@ -83,3 +83,14 @@ def test_rare_and_common_tokens_are_left_out():
     assert 3 in out and 7 in out and len(out) == 4
     toks, _ = repeated_random_tokens(20, 41, seg_len=10, exclude=[0, *out])
     assert not set(toks[:, 1:].flatten().tolist()) & set(out)
+
+
+def test_streamed_pattern_scores_equal_the_cached_patterns():
+    """The layer-by-layer reduction (memory-bounded, chunked) equals scoring the stored patterns."""
+    from icl_lab.measure.head_scores import attention_patterns, masked_attention_score, masked_pattern_scores
+
+    model = Transformer(tiny_config(n_layers=3, d_mlp=16), seed=7).eval()
+    tokens, seg = repeated_random_tokens(50, 24, n_repeats=3, n_examples=7, seed=2)
+    mask = prefix_matching_mask(tokens.shape[1], seg)
+    expected = masked_attention_score(attention_patterns(model, tokens), mask)
+    assert torch.allclose(masked_pattern_scores(model, tokens, mask, chunk=3), expected, atol=1e-6)
