@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
-.PHONY: demo test bench setup clean
+.PHONY: demo test bench reproduce setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH) -e ".[bench]"
 	touch $@ $(VENV)/.installed-base
 
+$(VENV)/.installed-gguf: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH) -e ".[gguf]"
+	touch $@ $(VENV)/.installed-base
+
 setup: $(VENV)/.installed-base
 
 # the main job: train the 2-layer preset and its 1-layer control, analyse, ablate, report.
@@ -37,6 +41,11 @@ demo: $(VENV)/.installed-base
 	$(BIN)/icl-lab analyze $(DEMO)/synthetic-2l $(DEMO)/synthetic-1l --reuse
 	$(BIN)/icl-lab ablate $(DEMO)/synthetic-2l --kind zero --reuse
 	$(BIN)/icl-lab report $(DEMO)/synthetic-2l $(DEMO)/synthetic-1l --out $(DEMO)/report.html
+
+# the paper's six arguments, each with a verdict table, in runs/reproduce/report.html (~15 min on 2 cores)
+reproduce: $(VENV)/.installed-gguf
+	-$(BIN)/icl-lab data build bundled --if-missing  # for SmolLM2's row in Argument 6; optional offline
+	$(BIN)/icl-lab reproduce all --out runs/reproduce
 
 test: $(VENV)/.installed-test
 	$(BIN)/lint-imports

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import icl_lab
+from icl_lab.cli_experiments import register_experiments
 from icl_lab.errors import ConfigError, IclLabError
 from icl_lab.train.config import ExperimentConfig
 
@@ -324,6 +325,9 @@ def info_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> No
     console.print_json(data=run.meta)
     steps = run.checkpoints
     console.print(f"{len(steps)} checkpoints: {steps[:6]}{' ... ' + str(steps[-3:]) if len(steps) > 6 else ''}")
+
+
+register_experiments(app)
 
 
 def main() -> None:

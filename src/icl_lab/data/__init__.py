@@ -4,19 +4,21 @@ local tokenizers and memory-mapped token arrays).
 First in the flow data -> model -> train -> run -> measure."""
 
 from icl_lab.data.config import DataConfig
+from icl_lab.data.oocr import OOCRConfig, OOCRStream, build_task
 from icl_lab.data.corpus import build_corpus, cache_dir
 from icl_lab.data.synthetic import Batch, SyntheticStream, sample_batch
 from icl_lab.data.text import TextStream, TokenSet, load_tokens, repeat_mask, sample_windows
 from icl_lab.data.tokenizer import Tokenizer, get_tokenizer
 
 
-def open_stream(cfg: DataConfig, d_vocab: int, n_ctx: int, batch_size: int, seed: int) -> SyntheticStream | TextStream:
-    """The training stream for `cfg`: `TextStream` for text, `SyntheticStream` otherwise."""
-    stream = TextStream if cfg.kind == "text" else SyntheticStream
+def open_stream(cfg: DataConfig, d_vocab: int, n_ctx: int, batch_size: int, seed: int) -> SyntheticStream | TextStream | OOCRStream:
+    """The training stream for `cfg`: `TextStream` for text, `OOCRStream` for out-of-context
+    reasoning facts, `SyntheticStream` otherwise."""
+    stream = {"text": TextStream, "oocr": OOCRStream}.get(cfg.kind, SyntheticStream)
     return stream(cfg, d_vocab, n_ctx, batch_size, seed)
 
 
 __all__ = [
-    "Batch", "DataConfig", "SyntheticStream", "TextStream", "TokenSet", "Tokenizer", "build_corpus", "cache_dir",
+    "Batch", "DataConfig", "OOCRConfig", "OOCRStream", "build_task", "SyntheticStream", "TextStream", "TokenSet", "Tokenizer", "build_corpus", "cache_dir",
     "get_tokenizer", "load_tokens", "open_stream", "repeat_mask", "sample_batch", "sample_windows",
 ]

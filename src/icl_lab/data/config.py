@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from icl_lab._config import FrozenConfig
+from icl_lab.data.oocr import OOCRConfig
 
 
 class DataConfig(FrozenConfig):
@@ -18,6 +19,10 @@ class DataConfig(FrozenConfig):
             only an induction-style "find the earlier copy" mechanism predicts the repeats (a fixed
             period would let a positional "look back k" head solve it). "uniform" — i.i.d. random
             tokens, the no-ICL control. "text" — random windows of a tokenized corpus.
+            "translation", "fuzzy", "pattern" — in-context tasks whose copy is not the literal
+            token, and "mixture" — those three plus "repeated", one per sequence
+            (`icl_lab.data.tasks`; they always start with BOS and have no random prefix).
+            "oocr" — out-of-context reasoning facts, described by `oocr` (`icl_lab.data.oocr`).
         min_period, max_period: range of the repeated segment's length (inclusive).
         max_offset: the random prefix before the first copy has 0..max_offset tokens.
         bos: start every synthetic sequence with token 0 (then content tokens are 1..d_vocab-1).
@@ -28,11 +33,12 @@ class DataConfig(FrozenConfig):
             or "gpt2" (the real GPT-2 BPE; d_vocab 50257).
         tokenizer_file: a saved icl-lab tokenizer JSON to use as is instead of building one (an
             imported model's own tokenizer).
+        oocr: the out-of-context reasoning task, for kind "oocr".
         eval_ctx: length of the evaluation windows `analyze` uses; 0 means model.n_ctx (imported
             models with long contexts evaluate at 512, as Olsson et al.).
     """
 
-    kind: Literal["repeated", "uniform", "text"] = "repeated"
+    kind: Literal["repeated", "uniform", "text", "translation", "fuzzy", "pattern", "mixture", "oocr"] = "repeated"
     min_period: int = Field(default=4, ge=1)
     max_period: int = Field(default=20, ge=1)
     max_offset: int = Field(default=16, ge=0)
@@ -41,6 +47,7 @@ class DataConfig(FrozenConfig):
     tokenizer: Literal["byte", "char", "bpe", "gpt2"] = "bpe"
     tokenizer_file: str = ""
     eval_ctx: int = Field(default=0, ge=0)
+    oocr: OOCRConfig = OOCRConfig()
 
     @model_validator(mode="after")
     def _check(self):

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 
 from icl_lab.data.config import DataConfig
+from icl_lab.data.oocr import task_problem as oocr_problem
+from icl_lab.data.tasks import TASKS, sample_task, task_problem
 from icl_lab.errors import DataError
 
 GENERATOR_VERSION = "synthetic-v1"  # bump when the sampling below changes, to change fingerprints
@@ -28,10 +30,13 @@ class Batch:
         tokens: [batch, pos] token ids.
         repeat_mask: [batch, pos-1] True where the *target* token (tokens[:, i+1]) is a repeat
             predictable from context; aligned with `Transformer.per_token_loss`.
+        loss_mask: [batch, pos-1] targets the training loss averages over (None: all), e.g. only
+            the answers of out-of-context reasoning facts.
     """
 
     tokens: Tensor
     repeat_mask: Tensor
+    loss_mask: Tensor | None = None
 
 
 class SyntheticStream:
@@ -70,6 +75,10 @@ def shape_problem(cfg: DataConfig, d_vocab: int, n_ctx: int) -> str | None:
     """Why `cfg` cannot fill sequences of `n_ctx` tokens from `d_vocab`, or None if it can."""
     if cfg.kind == "text":
         return None  # the tokenizer checks d_vocab when the text is loaded
+    if cfg.kind in (*TASKS, "mixture"):
+        return task_problem(d_vocab, n_ctx, cfg.min_period)
+    if cfg.kind == "oocr":
+        return oocr_problem(cfg.oocr, d_vocab, n_ctx)
     first = 1 if cfg.bos else 0
     if d_vocab - first < 2:
         return f"d_vocab={d_vocab} leaves fewer than 2 content tokens; raise d_vocab"
@@ -85,6 +94,11 @@ def sample_batch(cfg: DataConfig, d_vocab: int, n_ctx: int, batch_size: int, gen
     """Draw one synthetic batch. All randomness comes from `gen`."""
     if cfg.kind == "text":
         raise DataError("sample_batch draws synthetic data; for text use icl_lab.data.open_stream or text.sample_windows")
+    if cfg.kind == "oocr":
+        raise DataError("out-of-context reasoning runs draw their facts from icl_lab.data.open_stream (OOCRStream)")
+    if cfg.kind in (*TASKS, "mixture"):
+        task = sample_task(cfg.kind, d_vocab, n_ctx, batch_size, gen, cfg.min_period, cfg.max_period)
+        return Batch(tokens=task.tokens, repeat_mask=task.target_mask)
     first = 1 if cfg.bos else 0
     tokens = torch.randint(first, d_vocab, (batch_size, n_ctx), generator=gen)
     repeat = torch.zeros(batch_size, n_ctx, dtype=torch.bool)

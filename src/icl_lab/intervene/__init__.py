@@ -5,9 +5,10 @@ intervene -> cli."""
 from icl_lab.intervene.ablate import KINDS, ablate_head_group, ablate_heads, ablate_heads_serially, all_heads
 from icl_lab.intervene.attribution import ablate_run, ablation_summary, is_ablated, removed_fraction
 from icl_lab.intervene.lens import direct_logit_attribution, logit_lens
+from icl_lab.intervene.oocr import analyze_circuits, bridge_lens, hop_patching
 from icl_lab.intervene.patching import attention_pattern_json, patch_heads, patch_residual, path_patch
 
 __all__ = [
-    "KINDS", "ablate_head_group", "ablate_heads", "ablate_heads_serially", "ablate_run", "ablation_summary", "all_heads", "is_ablated", "direct_logit_attribution",
+    "KINDS", "analyze_circuits", "bridge_lens", "hop_patching", "ablate_head_group", "ablate_heads", "ablate_heads_serially", "ablate_run", "ablation_summary", "all_heads", "is_ablated", "direct_logit_attribution",
     "attention_pattern_json", "logit_lens", "patch_heads", "patch_residual", "path_patch", "removed_fraction",
 ]

@@ -200,6 +200,9 @@ def analyze(runs: Sequence[Run], n_examples: int = 256, progress: Progress | Non
     if len(shape) > 1:
         raise ConfigError(f"runs differ in (d_vocab, n_ctx): {sorted(shape)}; analyze runs of one shape together")
     for r in runs:
+        if r.config.data.kind == "oocr":
+            raise ConfigError(f"{r.path} is an out-of-context reasoning run, which has no in-context-learning analysis; "
+                              "score it with `icl-lab oocr`")
         if not r.checkpoints:
             raise ConfigError(f"{r.path} has no checkpoints yet; train it first")
     ev = make_eval_set(runs[0], n_examples)

@@ -29,3 +29,4 @@ def before_after_vector(start: np.ndarray, end: np.ndarray) -> np.ndarray:
     diff = end - start
     norm = np.linalg.norm(diff)
     return diff / norm if norm > 0 else diff
+

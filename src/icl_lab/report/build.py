@@ -11,6 +11,7 @@ from pathlib import Path
 from icl_lab.errors import ConfigError
 from icl_lab.io import write_text
 from icl_lab.report.collect import RunData, collect_run
+from icl_lab.report.oocr_figures import oocr_verdict
 from icl_lab.report.page import render_html
 from icl_lab.report.verdict import Verdict, judge, verdict_lines
 from icl_lab.run.rundir import Run, load_run
@@ -34,19 +35,22 @@ def default_out(paths: Sequence[str | Path]) -> Path:
     return Path(os.path.commonpath([Path(p).resolve() for p in paths])) / "report.html"
 
 
-def build_report(runs: Sequence[Run], progress: Progress | None = None, refresh_s: int | None = None) -> tuple[str, list[Verdict]]:
-    """The report page's HTML for `runs` and their verdicts (nothing is written)."""
+def build_report(runs: Sequence[Run], progress: Progress | None = None, refresh_s: int | None = None) -> tuple[str, list[Verdict], list[str]]:
+    """The report page's HTML for `runs`, their verdicts and the verdict lines (nothing is written)."""
     data: list[RunData] = []
     verdicts: list[Verdict] = []
     for i, run in enumerate(runs):
         data.append(collect_run(run))
-        verdicts.append(judge(run))
+        if run.config.data.kind != "oocr":  # out-of-context reasoning runs get their own verdict line
+            verdicts.append(judge(run))
         if progress is not None:
             progress("report", i + 1, len(runs) + 1)
-    page = render_html(data, verdict_lines(verdicts), refresh_s=refresh_s)
+    lines = verdict_lines(verdicts) if verdicts else []
+    lines += [oocr_verdict(d) for d in data if d.oocr]
+    page = render_html(data, lines, refresh_s=refresh_s)
     if progress is not None:
         progress("report", len(runs) + 1, len(runs) + 1)
-    return page, verdicts
+    return page, verdicts, lines
 
 
 def write_report(paths: Sequence[str | Path], out: str | Path | None = None, progress: Progress | None = None) -> Report:
@@ -71,7 +75,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path | None = None, pro
     if out.suffix.lower() not in (".html", ".htm"):
         raise ConfigError(f"--out {out} should end in .html; the report is one HTML file")
     runs = [load_run(p) for p in paths]
-    page, verdicts = build_report(runs, progress)
+    page, verdicts, lines = build_report(runs, progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, page)
-    return Report(out, verdict_lines(verdicts), verdicts)
+    return Report(out, lines, verdicts)

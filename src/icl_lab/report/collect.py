@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from icl_lab.data.oocr import PAD, build_task, token_label
 from icl_lab.data.synthetic import sample_batch
 from icl_lab.data.text import load_tokens, sample_windows
 from icl_lab.errors import CheckpointError
@@ -54,7 +56,9 @@ class Attention:
 @dataclass(frozen=True)
 class RunData:
     """One run's report inputs. `metrics`, `summary` and `ablation` are None before `analyze` /
-    `ablate` ran; `composition` is None for one-layer models (nothing to compose)."""
+    `ablate` ran; `composition` is None for one-layer models (nothing to compose). `oocr` holds an
+    out-of-context reasoning run's `analysis/oocr.json` plus its accuracy table (`"accuracy"`:
+    step, tokens, split, value), once `icl-lab oocr` scored it."""
 
     name: str
     path: str
@@ -66,6 +70,7 @@ class RunData:
     ablation: dict | None
     attention: Attention | None
     composition: dict | None
+    oocr: dict | None = None
 
 
 def describe(run: Run) -> str:
@@ -92,9 +97,25 @@ def view_steps(steps: list[int], keep: tuple[int, ...] = (), n: int = VIEW_CHECK
     return sorted({steps[i] for i in idx} | {s for s in keep if s in steps})
 
 
+def _oocr_samples(run: Run) -> tuple[torch.Tensor, list[dict]]:
+    """One query of each split, with its answer, padded to the model's context."""
+    task = build_task(run.config.data.oocr)
+    m = run.config.model
+    rows, samples = [], []
+    for name, (prompts, answers) in task.splits.items():
+        if len(prompts):
+            row = torch.cat([prompts[0], answers[0]]).tolist()
+            rows.append(row + [PAD] * (m.n_ctx - len(row)))
+            samples.append({"name": f"{name} query and answer", "tokens": [token_label(task, t) for t in rows[-1]]})
+    return torch.tensor(rows), samples
+
+
 def _samples(run: Run) -> tuple[torch.Tensor, list[dict]]:
     """Two viewer sequences of equal length: repeated random tokens, and a sample of the run's
-    data (for text runs, a validation window shown as decoded tokens)."""
+    data (for text runs, a validation window shown as decoded tokens). Out-of-context reasoning
+    runs show one query of each split instead."""
+    if run.config.data.kind == "oocr":
+        return _oocr_samples(run)
     m = run.config.model
     n = min(m.n_ctx, VIEW_POSITIONS)
     rep, seg = repeated_random_tokens(m.d_vocab, n, n_repeats=3, n_examples=1, seed=EVAL_SEED)
@@ -165,6 +186,16 @@ def _phase_steps(run: Run, summary: dict | None) -> tuple[int, ...]:
     return tuple(int(pc[k] // per_step) for k in ("start_tokens", "end_tokens"))
 
 
+def collect_oocr(run: Run) -> dict | None:
+    """An out-of-context reasoning run's summary and per-checkpoint accuracy, once scored."""
+    if not run.layout.oocr.is_file():
+        return None
+    table = pd.read_parquet(run.layout.metrics, columns=["step", "tokens", "metric", "value"])
+    table = table[table.metric.str.startswith("oocr.accuracy.")].copy()
+    table["split"] = table.metric.str.removeprefix("oocr.accuracy.")
+    return {**json.loads(run.layout.oocr.read_text()), "accuracy": table.drop(columns="metric")}
+
+
 def collect_run(run: Run) -> RunData:
     """Everything the report shows about `run`."""
     try:
@@ -178,5 +209,5 @@ def collect_run(run: Run) -> RunData:
         name=run.path.name, path=str(run.path), description=describe(run), training=is_training(run),
         log=run.log, metrics=metrics, summary=summary, ablation=ablation,
         attention=collect_attention(run, keep=_phase_steps(run, summary)),
-        composition=collect_composition(run),
+        composition=collect_composition(run), oocr=collect_oocr(run),
     )

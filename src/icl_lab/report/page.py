@@ -19,6 +19,7 @@ from icl_lab.report.figures import (
     loss_figure,
     pca_figure,
 )
+from icl_lab.report.oocr_figures import oocr_accuracy_figure, oocr_circuit_figure, oocr_table_html
 from icl_lab.report.table import analysis_table_figure, final_table_html
 from icl_lab.report.verdict import induction_heads
 
@@ -29,7 +30,7 @@ def asset(name: str) -> str:
     return (ASSETS / name).read_text(encoding="utf-8")
 
 
-def _script_json(obj) -> str:
+def script_json(obj) -> str:
     """JSON that is safe inside a <script> element."""
     return json.dumps(obj, separators=(",", ":")).replace("</", "<\\/")
 
@@ -74,9 +75,21 @@ def render_html(runs: list[RunData], verdict: list[str], refresh_s: int | None =
                      "The final checkpoint's values follow.",
                      _plot("fig-mat") + "".join(final_table_html(r) for r in analysed), "mat"),
         ]
-    else:
+    elif not any(r.oocr for r in runs):
         sections.append(_section("Analysis", "No run is analysed yet; run <code>icl-lab analyze RUN</code> for the "
                                  "position, PCA and Model Analysis Table sections.", "", "analysis"))
+    for r in (r for r in runs if r.oocr):
+        figures[f"fig-oocr-{r.name}"] = oocr_accuracy_figure(r)
+        body = _plot(f"fig-oocr-{r.name}") + oocr_table_html(r)
+        circuit = oocr_circuit_figure(r)
+        if circuit is not None:
+            figures[f"fig-oocr-circuit-{r.name}"] = circuit
+            body += _plot(f"fig-oocr-circuit-{r.name}")
+        sections.append(_section(
+            f"Out-of-context reasoning: {html.escape(r.name)}", "Accuracy on trained facts and on every held-out split at each "
+            "checkpoint (dashed: chance); then, on the final model, the logit lens at every layer and position (how often the "
+            "bridge entity, or the answer, is the top entity) and hop patching (how often taking one position's residual stream "
+            "from another query makes the model answer as that query's bridge implies).", body, f"oocr-{r.name}"))
     viewer = [r for r in runs if r.attention is not None]
     if viewer:
         sections.append(_section(
@@ -108,6 +121,6 @@ def render_html(runs: list[RunData], verdict: list[str], refresh_s: int | None =
 <main><section id=verdict class=verdict><h2>Verdict</h2><ol>{verdict_items}</ol></section>
 <section id=runs><h2>Runs</h2><table class=runs>{run_rows}</table></section>
 {"".join(sections)}</main>
-<script type="application/json" id="report-data">{_script_json(payload)}</script>
+<script type="application/json" id="report-data">{script_json(payload)}</script>
 <script>{asset("viewer.js")}</script></body></html>
 """

@@ -93,7 +93,7 @@ class ReportServer(ThreadingHTTPServer):
             cached = self.cache.get(rel)
             if cached is None or cached[0] != key:
                 live = any(is_training(r) for r in runs)
-                page, _ = build_report(runs, refresh_s=REFRESH_S if live else None)
+                page, _, _ = build_report(runs, refresh_s=REFRESH_S if live else None)
                 self.cache[rel] = cached = (key, page)
         return cached[1]
 

@@ -3,6 +3,8 @@ notebook's `.replace(...)` adjust them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from icl_lab.errors import ConfigError
 from icl_lab.train.config import ExperimentConfig
 
@@ -26,7 +28,32 @@ _NATURAL_MODEL = dict(
 _NATURAL_DATA = dict(kind="text", corpus="technical", tokenizer="bpe")
 _NATURAL_TRAIN = dict(steps=80000, batch_size=32, lr=3e-3, warmup_steps=30, schedule="constant", log_every=50)
 
-_PRESETS: dict[str, tuple[str, dict]] = {
+# Out-of-context reasoning (docs/oocr.md): facts need MLP memory and LayerNorm for stable
+# memorisation; answers are the only targets (Batch.loss_mask). Vocabulary and context come from
+# the task itself. Weight decay is what lets held-out compositions grok (Wang et al. 2024).
+_OOCR_MODEL = dict(n_layers=2, d_model=128, n_heads=4, d_mlp=512, positional="learned", normalization="layernorm")
+_OOCR_TRAIN = dict(steps=1500, batch_size=256, lr=1e-3, warmup_steps=100, weight_decay=0.1, log_every=50, n_checkpoints=60)
+_OOCR_TASKS = {
+    "reversal": ("facts x R y, 70% of pairs also trained reversed: is the untrained direction learned? (the reversal curse)",
+                 dict(task="reversal", n_items=200, held_out=0.3), {}, dict(steps=1000)),
+    "chain": ("A->B, B->C and A->C for 80% of chains: is A->C inferred for the rest?",
+              dict(task="chain", n_items=200, held_out=0.2), {}, {}),
+    "chain-cot": ("the chain task with the bridge written out (x 1 y z)", dict(task="chain-cot", n_items=200, held_out=0.2), {}, {}),
+    "chain-same": ("the chain task with both facts in one training sequence", dict(task="chain-same", n_items=200, held_out=0.2), {}, {}),
+    "two-hop": ("two-hop composition e r1 r2 over 200 entities x 20 relations, phi 7.2: in-distribution vs OOD",
+                dict(task="two-hop", n_items=200, n_relations=20, phi=7.2), dict(n_layers=4), dict(steps=20000)),
+}
+
+
+def _oocr_preset(name: str, task: dict, model: dict, train: dict) -> dict:
+    from icl_lab.data.oocr import OOCRConfig, build_task
+
+    built = build_task(OOCRConfig(**task))
+    return dict(name=f"oocr-{name}", model={**_OOCR_MODEL, "d_vocab": built.d_vocab, "n_ctx": built.n_ctx, **model},
+                data={"kind": "oocr", "oocr": task}, train={**_OOCR_TRAIN, **train})
+
+
+_PRESETS: dict[str, tuple[str, dict | Callable[[], dict]]] = {
     "synthetic-2l": (
         "2-layer attention-only model on repeated random segments: forms induction heads (the phase change)",
         dict(name="synthetic-2l", model=_SYNTHETIC_MODEL, train=_SYNTHETIC_TRAIN),
@@ -55,6 +82,15 @@ _PRESETS: dict[str, tuple[str, dict]] = {
 }
 
 
+def _add_oocr() -> None:
+    for name, (desc, task, model, train) in _OOCR_TASKS.items():
+        # built on demand: the task's vocabulary size needs the task, which takes up to a second to build
+        _PRESETS[f"oocr-{name}"] = (desc, lambda name=name, task=task, model=model, train=train: _oocr_preset(name, task, model, train))
+
+
+_add_oocr()
+
+
 def preset_names() -> dict[str, str]:
     """Preset name -> one-line description."""
     return {name: desc for name, (desc, _) in _PRESETS.items()}
@@ -68,4 +104,5 @@ def get_preset(name: str) -> ExperimentConfig:
     """
     if name not in _PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(_PRESETS)} (see `icl-lab presets`)")
-    return ExperimentConfig.parse(_PRESETS[name][1], where=f"preset {name}")
+    spec = _PRESETS[name][1]
+    return ExperimentConfig.parse(spec() if callable(spec) else spec, where=f"preset {name}")

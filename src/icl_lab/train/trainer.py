@@ -167,7 +167,11 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
             tokens_in = batch.tokens.to(device, non_blocking=True)
             with autocast:
                 per_token = model.per_token_loss(tokens_in)  # [batch, pos-1]
-            loss = per_token.mean()
+            if batch.loss_mask is None:
+                loss = per_token.mean()
+            else:  # only the marked targets (e.g. the answers of facts) are learned
+                weight = batch.loss_mask.to(device, non_blocking=True)
+                loss = (per_token * weight).sum() / weight.sum().clamp(min=1)
             loss.backward()
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -201,3 +205,26 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
                 progress(step, tc.steps, record)
     write_json(layout.meta, {**meta, "status": "complete"})
     return layout.root
+
+
+def ensure_trained(cfg: ExperimentConfig, out: str | Path, progress: Progress | None = None,
+                   announce: Callable[[], None] | None = None) -> tuple[Path, bool]:
+    """Train `cfg` into `out` unless a complete run of it is already there; resume an unfinished one.
+    `announce` is called just before any training starts.
+
+    Returns:
+        (run directory, whether any training happened).
+
+    Raises:
+        ConfigError: `out` holds a run of a different experiment.
+    """
+    layout = RunLayout(Path(out))
+    if layout.config.is_file():
+        if ExperimentConfig.load(layout.config) != cfg:
+            raise ConfigError(f"{layout.root} holds a different experiment; remove it or choose another --out")
+        meta = json.loads(layout.meta.read_text()) if layout.meta.is_file() else {}
+        if meta.get("status") == "complete":
+            return layout.root, False
+    if announce is not None:
+        announce()
+    return fit(cfg, layout.root, resume=layout.config.is_file(), progress=progress), True

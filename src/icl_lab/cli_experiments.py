@@ -1,0 +1,111 @@
+"""The `icl-lab reproduce` and `icl-lab oocr` commands: whole experiments that train, measure,
+intervene and report in one go. Registered on the main app by `icl_lab.cli`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class _Bars:
+    """A rich progress bar per training run, plus log lines printed above the bars."""
+
+    def __init__(self) -> None:
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
+                            TimeRemainingColumn(), console=err_console, transient=True)
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> "_Bars":
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+    def log(self, line: str) -> None:
+        self.bar.console.print(f"[dim]{line}[/]", highlight=False)
+
+    def train(self, name: str, step: int, total: int) -> None:
+        if name not in self.tasks:
+            self.tasks[name] = self.bar.add_task(f"train {name}", total=total)
+        if step % 10 == 0 or step == total:
+            self.bar.update(self.tasks[name], completed=step)
+
+
+def reproduce_cmd(
+    arguments: list[str] = typer.Argument(..., help="all, or some of argument-1 ... argument-6."),
+    out: Path = typer.Option(Path("runs/reproduce"), help="Folder of the runs; the report is OUT/report.html."),
+    scale: str = typer.Option("default", help="default (2 CPU cores), tiny (a smoke test) or paper (a GPU)."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Add SmolLM2-135M to Argument 6 [default: unless --scale tiny]."),
+    json_out: bool = typer.Option(False, "--json", help="Print the verdicts as JSON on stdout, nothing else."),
+) -> None:
+    """Reproduce the six arguments of "In-context Learning and Induction Heads": train (or reuse)
+    the models each needs, measure and intervene, and write one report with a verdict table each."""
+    from icl_lab.reproduce import reproduce
+
+    with _Bars() as bars:
+        result = reproduce(arguments, out=out, scale=scale, pretrained=pretrained, log=bars.log, train_progress=bars.train)
+    if json_out:
+        print(json.dumps([c.to_json() for c in result.checks], indent=2))
+        return
+    table = Table(box=None)
+    for col in ("argument", "metric", "value", "threshold", ""):
+        table.add_column(col, justify="right" if col in ("value", "threshold") else "left")
+    for c in result.checks:
+        table.add_row(c.argument.removeprefix("argument-"), c.metric, "n/a" if math.isnan(c.value) else f"{c.value:.3g}",
+                      c.threshold, "[green]pass[/]" if c.passed else "[red]fail[/]")
+    console.print(table)
+    console.print(f"{sum(c.passed for c in result.checks)}/{len(result.checks)} checks pass in {result.seconds / 60:.1f} min; "
+                  f"report: [bold]{result.report}[/], verdicts: {result.verdicts_json}")
+
+
+
+def oocr_cmd(
+    task: str = typer.Argument(..., help="reversal, chain, chain-cot, chain-same, two-hop, or all."),
+    out: Path = typer.Option(Path("runs/oocr"), help="Folder of the runs (OUT/TASK-sSEED, each with its report.html)."),
+    seed: int = typer.Option(0, help="Run seed (initialisation and data order; the facts are fixed by the task)."),
+    steps: Optional[int] = typer.Option(None, help="Override the preset's training steps."),
+    weight_decay: Optional[float] = typer.Option(None, help="Override the preset's AdamW weight decay (grokking depends on it)."),
+    phi: Optional[float] = typer.Option(None, help="two-hop: trained inferred facts per atomic fact (3.6-18; at most its 20 relations)."),
+    json_out: bool = typer.Option(False, "--json", help="Print {task, splits, chance} per task as JSON on stdout, nothing else."),
+) -> None:
+    """Out-of-context reasoning: train the task's model (or reuse it), score every checkpoint on
+    trained facts and each held-out split, take the final model apart (bridge lens, hop patching)
+    and write its report."""
+    from icl_lab.oocr import TASKS, run_task
+
+    tasks = list(TASKS) if task == "all" else [task]
+    results = []
+    with _Bars() as bars:
+        for name in tasks:
+            results.append(run_task(name, out=out, seed=seed, steps=steps, weight_decay=weight_decay, phi=phi if task != "all" or name == "two-hop" else None,
+                                    log=bars.log, train_progress=bars.train))
+    records = [{"task": r.summary["task"], "seed": seed, "splits": r.summary["splits"], "chance": r.summary["chance"]} for r in results]
+    if json_out:
+        print(json.dumps(records if task == "all" else records[0], indent=2))
+        return
+    for r in results:
+        s = r.summary
+        table = Table(title=f"{s['task']}: {r.run.path} (step {s['step']:,}, {r.seconds:.0f} s)", box=None)
+        for col in ("split", "accuracy", "answer loss"):
+            table.add_column(col, justify="left" if col == "split" else "right")
+        for split, acc in s["splits"].items():
+            table.add_row(split, f"{acc:.1%}", f"{s['loss'][split]:.2f}")
+        console.print(table)
+        console.print(f"chance {s['chance']:.1%}; report: [bold]{r.report}[/]")
+
+
+def register_experiments(app: typer.Typer) -> None:
+    """Add `reproduce` and `oocr` to `app`."""
+    app.command("reproduce")(reproduce_cmd)
+    app.command("oocr")(oocr_cmd)
