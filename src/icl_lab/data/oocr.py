@@ -59,7 +59,7 @@ class OOCRConfig(FrozenConfig):
     n_items: int = Field(default=200, ge=10)
     held_out: float = Field(default=0.3, gt=0, lt=1)
     n_relations: int = Field(default=20, ge=2)
-    phi: float = Field(default=7.2, gt=0)
+    phi: float = Field(default=12.0, gt=0)
     ood: float = Field(default=0.05, gt=0, lt=0.5)
     context_share: float = Field(default=0.2, ge=0, lt=1)
     task_seed: int = 0
