@@ -16,6 +16,7 @@ from icl_lab.measure.analyze import make_eval_set
 from icl_lab.measure.head_scores import masked_pattern_scores, prefix_matching_mask
 from icl_lab.measure.losses import icl_positions, icl_score, loss_by_token, per_token_losses
 from icl_lab.pretrained.hf import builtin_model, import_model
+from icl_lab.model.transformer import Transformer
 from icl_lab.reproduce.family import Lab
 from icl_lab.reproduce.readout import LAYOUT, color, inductive, phase
 from icl_lab.reproduce.verdict import Section, check
@@ -29,9 +30,8 @@ PRETRAINED = "smollm2-135m"
 PRETRAINED_EXAMPLES = 128
 
 
-def parameters(run: Run) -> int:
+def parameters(model: Transformer) -> int:
     """Non-embedding parameters (the paper's size axis)."""
-    model = run.model()
     return sum(p.numel() for n, p in model.named_parameters() if n.startswith("blocks."))
 
 
@@ -40,7 +40,7 @@ def _row(run: Run) -> dict:
     pc = phase(run)
     heads = inductive(run)
     return {"model": run.path.name, "layers": m.n_layers, "width": m.d_model, "heads per layer": m.n_heads,
-            "MLP": "yes" if m.d_mlp else "no", "non-embedding parameters": f"{parameters(run):,}",
+            "MLP": "yes" if m.d_mlp else "no", "non-embedding parameters": f"{parameters(run.model()):,}",
             "final ICL score (nats)": round(run.summary()["icl_score"]["final"], 3),
             "phase change (tokens)": f"{pc['start_tokens']:,.0f}-{pc['end_tokens']:,.0f}" if pc["detected"] else "none",
             "induction heads": ", ".join(f"L{l}H{h}" for l, h in heads) or "none", "data": "synthetic repeats, context "
@@ -65,7 +65,7 @@ def pretrained_row(lab: Lab) -> dict:
     top = [f"L{l}H{h} ({v:.2f})" for v, l, h in sorted(flat, reverse=True)[:4] if v > 0.5]
     m = run.config.model
     return {"model": PRETRAINED, "layers": m.n_layers, "width": m.d_model, "heads per layer": m.n_heads, "MLP": "yes",
-            "non-embedding parameters": f"{sum(p.numel() for n, p in model.named_parameters() if n.startswith('blocks.')):,}",
+            "non-embedding parameters": f"{parameters(model):,}",
             "final ICL score (nats)": round(icl, 3), "phase change (tokens)": "not observable (one checkpoint)",
             "induction heads": ", ".join(top) or "none", "data": f"bundled text, context {ev.tokens.shape[1]}"}
 
@@ -91,7 +91,7 @@ def argument_6(lab: Lab, pretrained: bool) -> Section:
             sec.notes.append(f"{PRETRAINED} left out: {e}")
     fig = go.Figure()
     for i, r in enumerate(rows[: len(runs)]):
-        fig.add_scatter(x=[parameters(runs[i])], y=[r["final ICL score (nats)"]], mode="markers+text", text=[r["model"]],
+        fig.add_scatter(x=[parameters(runs[i].model())], y=[r["final ICL score (nats)"]], mode="markers+text", text=[r["model"]],
                         textposition="top center", marker=dict(size=12, color=color(i)), showlegend=False)
     fig.add_hrect(y0=icl.mean() * (1 + ICL_SPREAD / 2), y1=icl.mean() * (1 - ICL_SPREAD / 2), fillcolor="#999", opacity=0.15, line_width=0,
                   annotation_text=f"mean ± {ICL_SPREAD / 2:.0%}", annotation_position="top left")
