@@ -162,10 +162,12 @@ def _print_summary(run: icl_lab.Run, seconds: float) -> None:
 
 @app.command("analyze")
 def analyze_cmd(
-    runs: list[Path] = typer.Argument(..., help="One or more run directories (same d_vocab and n_ctx)."),
+    runs: list[Path] = typer.Argument(..., help="One or more run directories (each is evaluated on its own data)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summaries as JSON on stdout, nothing else."),
     examples: int = typer.Option(256, help="Evaluation sequences."),
     reuse: bool = typer.Option(False, help="Skip the work if these runs were already analysed together since their last checkpoint."),
+    device: str = typer.Option("cpu", help="Where to measure: cpu, cuda, cuda:N or auto."),
+    dtype: str = typer.Option("fp32", help="Measurement dtype: fp32, bf16, fp16 or fp64."),
 ) -> None:
     """Measure every checkpoint: loss by position, ICL score, head scores, per-token-loss PCA and
     the phase change. Writes RUN/analysis/{metrics.parquet,summary.json} for each run."""
@@ -179,7 +181,8 @@ def analyze_cmd(
     columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=json_out) as bar:
         tasks = {r.path.name: bar.add_task(f"analyze {r.path.name}", total=len(r.checkpoints)) for r in loaded}
-        summaries = icl_lab.measure.analyze(loaded, n_examples=examples, progress=lambda name, done, total: bar.update(tasks[name], completed=done))
+        summaries = icl_lab.measure.analyze(loaded, n_examples=examples, device=device, dtype=dtype,
+                                            progress=lambda name, done, total: bar.update(tasks[name], completed=done))
     _print_analysis(summaries, json_out)
 
 
@@ -197,21 +200,22 @@ def _print_analysis(summaries: dict[str, dict], json_out: bool) -> None:
         else:
             verdict = "no phase change detected"
         console.print(f"[bold]{path}[/]: {verdict}")
+        lo, hi = icl["final_ci"]
         console.print(f"  ICL score (loss at token {icl['late_token']} - token {icl['early_token']}): "
-                      f"{icl['initial']:+.3f} -> {icl['final']:+.3f} nats")
+                      f"{icl['initial']:+.3f} -> {icl['final']:+.3f} nats (95% CI {lo:+.3f} to {hi:+.3f})")
         table = Table(box=None)
-        for col in ("head", "prefix matching", "previous token", "duplicate token", "copying", "OV eigen +"):
+        for col in ("head", "prefix matching", "previous token", "duplicate token", "copying", "copying direct",
+                    "copying (paper)", "OV eigen +"):
             table.add_column(col, justify="right")
+        starred = {(h["layer"], h["head"]) for h in s["induction_heads"]}
         for h in s["heads"]:
-            table.add_row(f"L{h['layer']}H{h['head']}", *(f"{h[m]:.3f}" for m in (
-                "prefix_matching", "previous_token", "duplicate_token", "copying", "ov_eigen_positivity")))
+            name = f"L{h['layer']}H{h['head']}" + ("*" if (h["layer"], h["head"]) in starred else "")
+            table.add_row(name, *(f"{h[m]:.3f}" for m in (
+                "prefix_matching", "previous_token", "duplicate_token", "copying", "copying_direct", "copying_olsson",
+                "ov_eigen_positivity")))
         console.print(table)
         ind = ", ".join(f"L{h['layer']}H{h['head']}" for h in s["induction_heads"]) or "none"
-        console.print(f"  induction heads (prefix matching > 0.5 and copying > 0.5): {ind}")
-        matching = [h for h in s["heads"] if h["prefix_matching"] > 0.5 and h not in s["induction_heads"]]
-        if not s["induction_heads"] and matching:
-            names = ", ".join(f"L{h['layer']}H{h['head']} (copying {h['copying']:+.2f}, OV eigen {h['ov_eigen_positivity']:+.2f})" for h in matching)
-            console.print(f"  prefix-matching heads below the copying threshold: {names}; see docs/analysis.md")
+        console.print(f"  induction heads (*: {s['induction_rule']['rule']}): {ind}")
         console.print(f"  written: {Path(path) / 'analysis'}")
 
 
@@ -221,6 +225,8 @@ def ablate_cmd(
     kind: str = typer.Option("all", help="zero, mean, resample or all."),
     json_out: bool = typer.Option(False, "--json", help="Print the final-checkpoint summary as JSON on stdout."),
     reuse: bool = typer.Option(False, help="Skip the work if every checkpoint already has these ablations."),
+    device: str = typer.Option("cpu", help="Where to run: cpu, cuda, cuda:N or auto."),
+    dtype: str = typer.Option("fp32", help="dtype: fp32, bf16, fp16 or fp64."),
 ) -> None:
     """Ablate every head at every checkpoint (zero/mean/resample, full and pattern-preserving),
     batched; add the ICL-score attributions to RUN/analysis/metrics.parquet."""
@@ -238,19 +244,30 @@ def ablate_cmd(
         columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=err_console, transient=json_out) as bar:
             task = bar.add_task(f"ablate {run.path.name}", total=len(run.checkpoints))
-            summary = ablate_run(run, kinds=kinds, progress=lambda name, done, total: bar.update(task, completed=done))
+            summary = ablate_run(run, kinds=kinds, device=device, dtype=dtype,
+                                 progress=lambda name, done, total: bar.update(task, completed=done))
     if json_out:
         print(json.dumps(summary, indent=2))
         return
-    console.print(f"[bold]{run.path}[/] step {summary['step']}: ICL score {summary['icl_score']:+.3f} nats")
-    console.print("share of the ICL score removed by ablating each head (pp = pattern-preserving):")
+    ci = summary.get("icl_score_ci") or [float("nan")] * 2
+    console.print(f"[bold]{run.path}[/] step {summary['step']}: ICL score {summary['icl_score']:+.3f} nats "
+                  f"(95% CI {ci[0]:+.3f} to {ci[1]:+.3f})")
+    if "note" in summary:
+        console.print(f"  {summary['note']}")
+    console.print("share of the ICL score removed by ablating each head (pp = pattern-preserving; CI for zero pp):")
     table = Table(box=None)
     table.add_column("head")
     for k in kinds:
         for f in ("pattern_preserving", "full"):
             table.add_column(f"{k} {'pp' if f == 'pattern_preserving' else 'full'}", justify="right")
+    if "zero" in kinds:
+        table.add_column("zero pp 95% CI", justify="right")
     for h in summary["heads"]:
-        table.add_row(f"L{h['layer']}H{h['head']}", *(f"{h['by_kind'][k][f]:.1%}" for k in kinds for f in ("pattern_preserving", "full")))
+        cells = [f"{h['by_kind'][k][f]:.1%}" for k in kinds for f in ("pattern_preserving", "full")]
+        if "zero" in kinds:
+            lo, hi = h.get("icl_removed_fraction_ci") or [float("nan")] * 2
+            cells.append(f"{lo:.1%} to {hi:.1%}")
+        table.add_row(f"L{h['layer']}H{h['head']}", *cells)
     console.print(table)
 
 

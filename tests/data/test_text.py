@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import icl_lab
-from icl_lab.data import DataConfig, TextStream, load_tokens, repeat_mask, sample_windows
+from icl_lab.data import DataConfig, TextStream, Tokenizer, bos_token, load_tokens, repeat_mask, sample_windows
 from icl_lab.data.corpus import load_documents
-from icl_lab.errors import DataError
+from icl_lab.errors import ConfigError, DataError
 
 
 @pytest.fixture
@@ -27,6 +27,47 @@ def test_repeat_mask_marks_targets_an_induction_head_predicts():
     # targets: b c a b d a c -> only "a b" (i=3) repeats an earlier bigram; "a c" (i=6) does not
     assert repeat_mask(tokens).tolist() == [[False, False, False, True, False, False, False]]
     assert repeat_mask(torch.tensor([[5, 5, 5, 5]])).tolist() == [[False, True, True]]
+
+
+def test_windows_start_with_bos_and_the_repeat_mask_reads_only_the_text():
+    # one possible start (len(data) - text length == 1), so the window is data[:n_ctx - 1]
+    data = np.array([2, 3, 9, 2, 3, 5], dtype=np.uint16)
+    batch = sample_windows(data, 6, 2, torch.Generator().manual_seed(0), bos=9)
+    assert batch.tokens.tolist() == [[9, 2, 3, 9, 2, 3]] * 2
+    # targets 2 3 9 2 3: predicting the first text token from BOS is a target, never a repeat;
+    # "2 3" repeats the text's first bigram; "9 2" does not, as BOS at position 0 is not text
+    assert batch.repeat_mask.tolist() == [[False, False, False, False, True]] * 2
+    assert repeat_mask(batch.tokens)[0].tolist() == [False, False, False, True, True]  # what counting BOS would give
+    assert batch.loss_mask is None  # every target is learned, the first text token's too
+    # without BOS: n_ctx text tokens, as before
+    plain = sample_windows(data, 5, 1, torch.Generator().manual_seed(0))
+    assert plain.tokens.tolist() == [[2, 3, 9, 2, 3]] and plain.repeat_mask.tolist() == [[False, False, False, True]]
+    with pytest.raises(DataError, match="fewer than n_ctx=8"):
+        sample_windows(data, 8, 1, torch.Generator(), bos=9)
+
+
+def test_bos_token_resolves_one_id_per_config():
+    bpe = Tokenizer("bpe", {"hf": _wordlevel(["<|endoftext|>", "a", "b"])})
+    text = DataConfig(kind="text")
+    assert bpe.eot == 0 and bos_token(text, bpe) == 0  # the tokenizer's end-of-text
+    assert bos_token(text.replace(bos_id=2), bpe) == 2
+    assert bos_token(text.replace(bos_id=2, prepend_bos=False), bpe) is None
+    assert bos_token(text, Tokenizer("byte", {})) is None  # bytes have no end-of-text token
+    with pytest.raises(DataError, match=r"data.bos_id=3 is not a token of the 3-token tokenizer; set data.bos_id"):
+        bos_token(text.replace(bos_id=3), bpe)
+    assert bos_token(DataConfig()) == 0 and bos_token(DataConfig(bos=False)) is None
+    assert bos_token(DataConfig(kind="translation", bos=False)) == 0  # the tasks always start with BOS
+    with pytest.raises(ConfigError, match="bos_id=5 applies to text runs only"):
+        DataConfig.parse({"kind": "repeated", "bos_id": 5})
+
+
+def _wordlevel(words: list[str]) -> str:
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers
+
+    tok = HFTokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[0]))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return tok.to_str()
 
 
 def test_tokens_are_the_documents_joined(corpus_dir):
@@ -50,6 +91,11 @@ def test_windows_and_stream_state(corpus_dir):
     assert torch.equal(stream.next().tokens, first.tokens)
     with pytest.raises(DataError, match="fewer than n_ctx"):
         sample_windows(np.zeros(10, np.uint16), 32, 1, torch.Generator())
+    # with a BOS id every training window starts with it, and the fingerprint says so
+    bos = TextStream(cfg.replace(bos_id=0), 256, 32, 4, seed=1)
+    batch = bos.next()
+    assert (batch.tokens[:, 0] == 0).all() and batch.tokens.shape == (4, 32) and batch.repeat_mask.shape == (4, 31)
+    assert bos.fingerprint(1) != stream.fingerprint(1) == stream.tokens.fingerprint
 
 
 def test_a_text_run_end_to_end(corpus_dir, tmp_path):

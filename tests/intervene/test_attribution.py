@@ -91,3 +91,24 @@ def test_the_trained_circuit_is_k_composition(run):
     out = path_patch(model, clean, corrupt, sender=(0, 0), receiver=(1, 0), metric=repeat_loss)
     moved = {w: abs(out[w] - out["clean"]) for w in "qkv"}
     assert moved["k"] > 5 * max(moved["q"], moved["v"]) and moved["k"] > 1.0
+
+
+def test_shares_of_an_icl_score_within_noise_are_left_empty():
+    import torch
+
+    from icl_lab.intervene.attribution import _head_rows
+
+    gen = torch.Generator().manual_seed(0)
+    clean = 0.3 * torch.randn(64, generator=gen)  # no in-context learning: an interval around 0
+    icl = torch.stack([clean, clean + 0.5, clean - 0.2])  # [1 + head, example]
+    rows = _head_rows({"run": "r", "step": 0, "tokens": 0}, "ablation.zero.full", [(0, 0), (0, 1)], icl, (icl * 0).numpy(), None)
+    frac = [r for r in rows if r["metric"].endswith("icl_removed_fraction")]
+    assert all(math.isnan(r["value"]) and math.isnan(r["lo"]) for r in frac)
+    delta = [r for r in rows if r["metric"].endswith("icl_delta")]
+    assert delta[0]["value"] == pytest.approx(0.5) and delta[0]["lo"] <= 0.5 <= delta[0]["hi"]
+    # with real ICL the share and its interval are there
+    icl = torch.stack([clean - 3.0, 0.1 * (clean - 3.0), clean - 3.0])
+    rows = _head_rows({"run": "r", "step": 0, "tokens": 0}, "ablation.zero.full", [(0, 0), (0, 1)], icl, (icl * 0).numpy(), None)
+    frac = [r for r in rows if r["metric"].endswith("icl_removed_fraction")]
+    assert frac[0]["value"] == pytest.approx(0.9, abs=1e-5) and frac[0]["lo"] <= 0.9 + 1e-5 <= frac[0]["hi"] + 2e-5
+    assert frac[1]["value"] == pytest.approx(0.0, abs=1e-6)

@@ -37,24 +37,36 @@ def test_two_layer_phase_change_is_detected_and_the_control_has_none(runs, summa
     assert one["phase_change"]["detected"] is False and one["phase_change"]["start_tokens"] is None
     best = max(two["heads"], key=lambda h: h["prefix_matching"])
     assert (best["layer"], best["head"]) == (1, 0) and best["prefix_matching"] > 0.7
+    # the flagship's induction head is named by the one rule, and it copies
+    assert two["induction_heads"] == [{"layer": 1, "head": 0}] and best["copying"] >= 0.9
+    assert one["induction_heads"] == []
 
 
 def test_summary_keys_are_stable(summaries):
     s = next(iter(summaries.values()))
-    assert {"phase_change", "icl_score", "heads", "induction_heads", "pca"} <= set(s)
+    assert {"phase_change", "icl_score", "heads", "induction_heads", "induction_rule", "provenance", "pca"} <= set(s)
     assert {"detected", "start_tokens", "end_tokens", "loss_bump", "overlap"} <= set(s["phase_change"])
-    assert set(s["icl_score"]) >= {"initial", "final"}
-    assert set(s["heads"][0]) == {"layer", "head", "prefix_matching", "copying", "previous_token",
-                                  "duplicate_token", "ov_eigen_positivity"}
+    assert set(s["icl_score"]) >= {"initial", "final", "final_ci"}
+    assert set(s["heads"][0]) == {"layer", "head", "prefix_matching", "copying", "copying_direct", "copying_olsson",
+                                  "previous_token", "duplicate_token", "ov_eigen_positivity", "ci"}
+    assert s["induction_rule"]["thresholds"] == {"prefix_matching": 0.5, "copying": 0.5}
+    assert {"versions", "eval_set", "analysis_version"} <= set(s["provenance"]) and s["provenance"]["eval_set"].startswith("sha256:")
     json.dumps(s)  # serialisable as is
 
 
 def test_tidy_table_and_files(runs, summaries):
     run = runs[0]
     table = run.metrics()
-    assert list(table.columns) == ["run", "step", "tokens", "metric", "layer", "head", "position", "value", "baseline"]
+    assert list(table.columns) == ["run", "step", "tokens", "metric", "layer", "head", "position", "value", "baseline", "lo", "hi"]
     assert set(table.metric) >= {"loss", "icl_score", "loss_by_position", "dloss_dlnpos", "prefix_matching",
-                                 "previous_token", "duplicate_token", "copying", "ov_eigen_positivity", "pca_1", "pca_2"}
+                                 "previous_token", "duplicate_token", "copying", "copying_direct", "copying_olsson",
+                                 "ov_eigen_positivity", "pca_1", "pca_2"}
+    # 95% intervals bracket every averaged score, and weight-only scores have none
+    ci = table[table.metric.isin(["icl_score", "prefix_matching", "copying"])]
+    assert ci.lo.notna().all() and ((ci.lo <= ci.value + 1e-9) & (ci.value <= ci.hi + 1e-9)).all()
+    assert table[table.metric == "ov_eigen_positivity"].lo.isna().all()
+    final_icl = table[(table.metric == "icl_score") & (table.step == table.step.max())].iloc[0]
+    assert final_icl.hi - final_icl.lo < 0.5 and final_icl.hi < 0  # a trained induction model: sure of its ICL
     assert set(table.step) == set(run.checkpoints)
     heads = table[table.metric == "prefix_matching"]
     assert len(heads) == len(run.checkpoints) * 2 and heads.baseline.notna().all()
@@ -82,9 +94,27 @@ def test_cli_json_prints_only_the_summary(runs, tmp_path):
     assert s["phase_change"]["detected"] is False
 
 
-def test_bad_inputs_are_one_line_errors(runs, tmp_path):
+def test_runs_of_other_shapes_get_their_own_evaluation_set(runs, tmp_path):
     other = icl_lab.train(icl_lab.get_preset("synthetic-2l").replace(model={"d_vocab": 64}, train={"steps": 10, "warmup_steps": 2}), out=tmp_path / "v64")
-    with pytest.raises(ConfigError, match=r"runs differ in \(d_vocab, n_ctx\)"):
-        analyze([runs[0], other])
+    out = analyze([runs[1], other], n_examples=32, write=False)
+    a, b = out[str(runs[1].path)], out[str(other.path)]
+    assert a["provenance"]["eval_set"] != b["provenance"]["eval_set"]
+    assert a["pca"]["runs"] == [str(runs[1].path)] and b["pca"]["runs"] == [str(other.path)]
     with pytest.raises(ConfigError, match="at least one run"):
         analyze([])
+
+
+def test_the_order_of_the_runs_changes_no_number(runs):
+    ab = analyze(runs, n_examples=32, write=False)
+    ba = analyze(runs[::-1], n_examples=32, write=False)
+    for key in ab:
+        assert ab[key] == ba[key]
+
+
+def test_the_stored_evaluation_set_is_the_one_measured(runs, summaries):
+    from icl_lab.measure.evalset import load_eval_set, make_eval_set
+
+    ev = load_eval_set(runs[0])
+    assert ev.fingerprint == summaries[str(runs[0].path)]["provenance"]["eval_set"]
+    assert ev.fingerprint == make_eval_set(runs[0], 64).fingerprint
+    assert ev.repeated.shape[0] >= 32 and (ev.repeated[:, 0] == 0).all()  # BOS first, at least 32 sequences

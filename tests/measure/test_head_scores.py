@@ -76,7 +76,7 @@ def test_random_models_score_like_each_other():
 
 
 def test_rare_and_common_tokens_are_left_out():
-    from icl_lab.measure.analyze import rare_and_common_tokens
+    from icl_lab.measure.evalset import rare_and_common_tokens
 
     tokens = torch.cat([torch.full((50,), 3), torch.arange(20).repeat(2), torch.tensor([7] * 10)])
     out = rare_and_common_tokens(tokens, d_vocab=20, fraction=0.1)

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -100,3 +102,22 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path):
     after = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert after == before  # meta.json still records the machine and versions that trained it
     assert {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == stamps
+
+
+def test_resuming_on_other_data_is_refused_before_anything_is_written(tmp_path):
+    cfg = small_experiment(steps=20)
+
+    def stop(step, total, rec):
+        if step == 12:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(cfg, tmp_path / "run", progress=stop)
+    meta_path = tmp_path / "run" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "data_fingerprint": "sha256:" + "0" * 32}))  # as if the data had changed
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"run was trained on other data \(corpus, tokenizer or BOS changed since, "
+                                          r"fingerprint sha256:0+ -> sha256:\w+\); restore them or start a new run with another --out$"):
+        fit(cfg, tmp_path / "run", resume=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before

@@ -7,7 +7,7 @@ from icl_lab.data.config import DataConfig
 from icl_lab.data.oocr import OOCRConfig, OOCRStream, build_task
 from icl_lab.data.corpus import build_corpus, cache_dir
 from icl_lab.data.synthetic import Batch, SyntheticStream, sample_batch
-from icl_lab.data.text import TextStream, TokenSet, load_tokens, repeat_mask, sample_windows
+from icl_lab.data.text import TextStream, TokenSet, bos_token, load_tokens, repeat_mask, sample_windows
 from icl_lab.data.tokenizer import Tokenizer, get_tokenizer
 
 
@@ -19,6 +19,6 @@ def open_stream(cfg: DataConfig, d_vocab: int, n_ctx: int, batch_size: int, seed
 
 
 __all__ = [
-    "Batch", "DataConfig", "OOCRConfig", "OOCRStream", "build_task", "SyntheticStream", "TextStream", "TokenSet", "Tokenizer", "build_corpus", "cache_dir",
+    "Batch", "DataConfig", "bos_token", "OOCRConfig", "OOCRStream", "build_task", "SyntheticStream", "TextStream", "TokenSet", "Tokenizer", "build_corpus", "cache_dir",
     "get_tokenizer", "load_tokens", "open_stream", "repeat_mask", "sample_batch", "sample_windows",
 ]

@@ -33,6 +33,13 @@ class DataConfig(FrozenConfig):
             or "gpt2" (the real GPT-2 BPE; d_vocab 50257).
         tokenizer_file: a saved icl-lab tokenizer JSON to use as is instead of building one (an
             imported model's own tokenizer).
+        bos_id: the token that starts every text window (`prepend_bos`); None means the
+            tokenizer's end-of-text id (`Tokenizer.eot`; byte and char tokenizers have none, so
+            their windows start with text). Synthetic sequences always use token 0 (`bos`), so
+            for other kinds it must be None or 0. Imports set it from the model's own files.
+        prepend_bos: for "text": put the BOS token at position 0 of every window, followed by
+            n_ctx - 1 text tokens, in training and evaluation alike (as TransformerLens's
+            prepend_bos). `icl_lab.data.text.bos_token` resolves the id.
         oocr: the out-of-context reasoning task, for kind "oocr".
         eval_ctx: length of the evaluation windows `analyze` uses; 0 means model.n_ctx (imported
             models with long contexts evaluate at 512, as Olsson et al.).
@@ -47,6 +54,8 @@ class DataConfig(FrozenConfig):
     tokenizer: Literal["byte", "char", "bpe", "gpt2"] = "bpe"
     tokenizer_file: str = ""
     eval_ctx: int = Field(default=0, ge=0)
+    bos_id: int | None = Field(default=None, ge=0)
+    prepend_bos: bool = True
     oocr: OOCRConfig = OOCRConfig()
 
     @model_validator(mode="after")
@@ -54,5 +63,10 @@ class DataConfig(FrozenConfig):
         if self.min_period > self.max_period:
             raise ValueError(
                 f"min_period={self.min_period} exceeds max_period={self.max_period}; swap or widen them"
+            )
+        if self.kind != "text" and self.bos_id not in (None, 0):
+            raise ValueError(
+                f"bos_id={self.bos_id} applies to text runs only; {self.kind} sequences start with token 0 "
+                "(set data.bos=false to drop it)"
             )
         return self

@@ -66,7 +66,10 @@ class SyntheticStream:
     def fingerprint(self, seed: int) -> str:
         """A hash of the config, the generator version and the first batch for `seed`."""
         probe = sample_batch(self.cfg, self.d_vocab, self.n_ctx, self.batch_size, torch.Generator().manual_seed(seed))
-        h = hashlib.sha256(f"{GENERATOR_VERSION}|{self.cfg.model_dump_json()}|{self.d_vocab}|{self.n_ctx}".encode())
+        # the text-only BOS fields do not change synthetic data (BOS is token 0), so they stay out
+        # and fingerprints from before they existed still match
+        cfg = self.cfg.model_dump_json(exclude={"bos_id", "prepend_bos"})
+        h = hashlib.sha256(f"{GENERATOR_VERSION}|{cfg}|{self.d_vocab}|{self.n_ctx}".encode())
         h.update(probe.tokens.numpy().tobytes())
         return f"sha256:{h.hexdigest()[:32]}"
 

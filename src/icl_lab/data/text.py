@@ -3,9 +3,11 @@ array with a fingerprint, and a seeded stream of random windows drawn from it.
 
     CACHE/tokens/CORPUS-TOKENIZER/{train,val}.bin + meta.json  (dtype, token counts, sha256)
 
-A window's `repeat_mask` marks targets that an induction head can predict: the bigram
-(previous token, target) already occurred earlier in the window. The training log's
-`loss_repeat` on text is the loss on those targets, so induction shows while training."""
+Every window starts with the run's BOS token (`bos_token`: data.bos_id, else the tokenizer's
+end-of-text) unless data.prepend_bos is off, in training and evaluation alike. A window's
+`repeat_mask` marks targets that an induction head can predict: the bigram (previous token,
+target) already occurred earlier in the window's text. The training log's `loss_repeat` on text
+is the loss on those targets, so induction shows while training."""
 
 from __future__ import annotations
 
@@ -35,8 +37,45 @@ class TokenSet:
     train: np.ndarray
     val: np.ndarray
     tokenizer: Tokenizer
-    fingerprint: str
+    fingerprint: str  # the token arrays' (corpus x tokenizer)
     corpus: Path
+    bos: int | None = None  # the id at the start of every window (`bos_token`), or None
+
+    @property
+    def data_fingerprint(self) -> str:
+        """What a run's meta.json records as its data: the token arrays' fingerprint, and the BOS
+        that starts each window (without one, the arrays' fingerprint alone, as before BOS existed)."""
+        if self.bos is None:
+            return self.fingerprint
+        return "sha256:" + hashlib.sha256(f"{self.fingerprint}|bos={self.bos}".encode()).hexdigest()[:32]
+
+
+def bos_token(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> int | None:
+    """The token id that starts every sequence of `cfg`, or None when sequences start with data.
+
+    Text: `cfg.bos_id`, else the tokenizer's end-of-text id (GPT-2's and the local BPE's
+    `<|endoftext|>`; byte and char tokenizers have none), and None when `cfg.prepend_bos` is off.
+    Synthetic and out-of-context reasoning data: token 0 (for "repeated" and "uniform", only when
+    `cfg.bos`). Everything that builds or evaluates sequences asks this function.
+
+    Example:
+        >>> bos_token(DataConfig(kind="text", tokenizer="bpe"), tok)  # tok.eot: 0 for a local BPE
+
+    Raises:
+        DataError: a text `cfg.bos_id` outside the tokenizer's ids.
+    """
+    if cfg.kind in ("repeated", "uniform"):
+        return 0 if cfg.bos else None
+    if cfg.kind != "text":
+        return 0  # the in-context tasks and oocr facts always start with token 0
+    if not cfg.prepend_bos:
+        return None
+    if cfg.bos_id is None:
+        return tokenizer.eot if tokenizer is not None else None
+    if tokenizer is not None and cfg.bos_id >= tokenizer.vocab_size:
+        raise DataError(f"data.bos_id={cfg.bos_id} is not a token of the {tokenizer.vocab_size}-token tokenizer; "
+                        "set data.bos_id to one of its ids, or to null for its end-of-text")
+    return cfg.bos_id
 
 
 def resolve_corpus(spec: str, build: bool = True) -> Path:
@@ -69,7 +108,8 @@ def _tokenize(out: Path, corpus: Path, tok: Tokenizer) -> None:
 
 
 def load_tokens(cfg: DataConfig, d_vocab: int, build: bool = True) -> TokenSet:
-    """The tokenized corpus of a text `DataConfig` (built, tokenized and cached on first use).
+    """The tokenized corpus of a text `DataConfig` (built, tokenized and cached on first use),
+    with the BOS id its windows start with (`TokenSet.bos`).
 
     Raises:
         DataError: the corpus or tokenizer cannot be built, or d_vocab does not fit the tokenizer.
@@ -83,7 +123,7 @@ def load_tokens(cfg: DataConfig, d_vocab: int, build: bool = True) -> TokenSet:
         _tokenize(out, corpus, tok)
     meta = json.loads((out / "meta.json").read_text())
     train, val = (np.memmap(out / f"{s}.bin", dtype=meta["dtype"], mode="r") for s in ("train", "val"))
-    return TokenSet(train, val, tok, meta["fingerprint"], corpus)
+    return TokenSet(train, val, tok, meta["fingerprint"], corpus, bos_token(cfg, tok))
 
 
 def repeat_mask(tokens: Tensor) -> Tensor:
@@ -95,13 +135,29 @@ def repeat_mask(tokens: Tensor) -> Tensor:
     return (same & earlier).any(-1)
 
 
-def sample_windows(data: np.ndarray, n_ctx: int, batch_size: int, gen: torch.Generator) -> Batch:
-    """`batch_size` random windows of `n_ctx` tokens from `data`."""
-    if len(data) <= n_ctx:
+def sample_windows(data: np.ndarray, n_ctx: int, batch_size: int, gen: torch.Generator, bos: int | None = None) -> Batch:
+    """`batch_size` random windows of `n_ctx` tokens from `data`.
+
+    Args:
+        data: a [token] split, e.g. `load_tokens(cfg, d_vocab).val`.
+        bos: the id to put at position 0 of every window, followed by n_ctx - 1 text tokens
+            (`TokenSet.bos`, from `bos_token`); None: n_ctx text tokens.
+
+    Returns:
+        A `Batch`: tokens [batch, n_ctx] and repeat_mask [batch, n_ctx - 1]. The prediction of the
+        first text token from BOS is an ordinary target but never a repeat, and the BOS column is
+        no earlier occurrence for the repeat mask (it is not text).
+    """
+    span = n_ctx if bos is None else n_ctx - 1  # text tokens per window
+    if len(data) <= span:
         raise DataError(f"the split has {len(data)} tokens, fewer than n_ctx={n_ctx}; give more text or shrink n_ctx")
-    starts = torch.randint(0, len(data) - n_ctx, (batch_size,), generator=gen).numpy()
-    tokens = torch.from_numpy(np.stack([data[s : s + n_ctx] for s in starts]).astype(np.int64))
-    return Batch(tokens=tokens, repeat_mask=repeat_mask(tokens))
+    starts = torch.randint(0, len(data) - span, (batch_size,), generator=gen).numpy()
+    text = torch.from_numpy(np.stack([data[s : s + span] for s in starts]).astype(np.int64))  # [batch, span]
+    if bos is None:
+        return Batch(tokens=text, repeat_mask=repeat_mask(text))
+    tokens = torch.cat([torch.full((batch_size, 1), bos, dtype=torch.int64), text], dim=1)  # [batch, n_ctx]
+    mask = torch.cat([torch.zeros(batch_size, 1, dtype=torch.bool), repeat_mask(text)], dim=1)  # [batch, n_ctx - 1]
+    return Batch(tokens=tokens, repeat_mask=mask)
 
 
 class TextStream:
@@ -114,7 +170,7 @@ class TextStream:
         self.generator = torch.Generator().manual_seed(seed)
 
     def next(self) -> Batch:
-        return sample_windows(self.tokens.train, self.n_ctx, self.batch_size, self.generator)
+        return sample_windows(self.tokens.train, self.n_ctx, self.batch_size, self.generator, bos=self.tokens.bos)
 
     def get_state(self) -> Tensor:
         return self.generator.get_state()
@@ -123,5 +179,5 @@ class TextStream:
         self.generator.set_state(state)
 
     def fingerprint(self, seed: int) -> str:
-        """The token arrays' fingerprint (corpus x tokenizer)."""
-        return self.tokens.fingerprint
+        """The windows' fingerprint (corpus x tokenizer x BOS): `TokenSet.data_fingerprint`."""
+        return self.tokens.data_fingerprint

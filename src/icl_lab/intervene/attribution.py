@@ -6,6 +6,7 @@ et al. 2022, Argument 3). Rows go into the run's tidy `analysis/metrics.parquet`
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -15,7 +16,10 @@ import torch
 from icl_lab.errors import CheckpointError
 from icl_lab.intervene.ablate import KINDS, ablate_heads, all_heads
 from icl_lab.io import atomic_write
-from icl_lab.measure.analyze import EvalSet, analyze, make_eval_set
+from icl_lab.measure.analyze import COLUMNS, analyze
+from icl_lab.measure.evalset import EvalSet, load_eval_set
+from icl_lab.measure.intervals import is_noise, mean_interval, removed_fraction_interval
+from icl_lab.measure.placement import place
 from icl_lab.measure.losses import icl_positions
 from icl_lab.model.transformer import Transformer
 from icl_lab.run.rundir import Run
@@ -43,15 +47,30 @@ def _rows(run: Run, model: Transformer, ev: EvalSet, step: int, kinds, before_af
     rows = []
     for kind in kinds:
         for form, preserve in FORMS.items():
-            losses = ablate_heads(model, ev.tokens, heads=heads, kind=kind, pattern_preserving=preserve, positions=positions)
-            icl = (losses[:, :, 1].mean(1) - losses[:, :, 0].mean(1)).tolist()  # [1 + head], as icl_score
-            ptl = losses[:, :, 2].numpy()  # [1 + head, example]
-            for i, (layer, head) in enumerate(heads, start=1):
-                values = {"icl_removed_fraction": removed_fraction(icl[0], icl[i]), "icl_delta": icl[i] - icl[0]}
-                if before_after is not None:
-                    values["before_after_projection"] = float((ptl[i] - ptl[0]) @ before_after)
-                for name, v in values.items():
-                    rows.append({**base, "metric": f"{PREFIX}{kind}.{form}.{name}", "layer": layer, "head": head, "value": v})
+            losses = ablate_heads(model, ev.tokens, heads=heads, kind=kind, pattern_preserving=preserve, positions=positions).float().cpu()
+            icl = losses[:, :, 1] - losses[:, :, 0]  # [1 + head, example]: per-example ICL scores
+            rows += _head_rows(base, f"{PREFIX}{kind}.{form}", heads, icl, losses[:, :, 2].numpy(), before_after)
+    return rows
+
+
+def _head_rows(base: dict, prefix: str, heads, icl: torch.Tensor, ptl: np.ndarray, before_after: np.ndarray | None) -> list[dict]:
+    """Rows for one ablation sweep: per head, the share of the ICL score removed and the change
+    in it, each with a 95% bootstrap interval over examples; the share is NaN (with its interval)
+    when the clean ICL score's interval reaches 0, where a share would be noise over noise."""
+    clean = icl[0]
+    noise = is_noise(*(float(x) for x in mean_interval(clean)))
+    frac_lo, frac_hi = removed_fraction_interval(clean, icl[1:].T)  # [head]
+    delta = icl[1:] - clean  # [head, example]
+    delta_lo, delta_hi = mean_interval(delta.T)
+    rows = []
+    for i, (layer, head) in enumerate(heads):
+        frac = (math.nan, math.nan, math.nan) if noise else (removed_fraction(float(clean.mean()), float(icl[i + 1].mean())),
+                                                             float(frac_lo[i]), float(frac_hi[i]))
+        values = {"icl_removed_fraction": frac, "icl_delta": (float(delta[i].mean()), float(delta_lo[i]), float(delta_hi[i]))}
+        if before_after is not None:
+            values["before_after_projection"] = (float((ptl[i + 1] - ptl[0]) @ before_after), math.nan, math.nan)
+        for name, (v, lo, hi) in values.items():
+            rows.append({**base, "metric": f"{prefix}.{name}", "layer": layer, "head": head, "value": v, "lo": lo, "hi": hi})
     return rows
 
 
@@ -71,23 +90,29 @@ def is_ablated(run: Run, kinds: tuple[str, ...] = KINDS) -> bool:
     return True
 
 
-def ablate_run(run: Run, kinds: tuple[str, ...] = KINDS, n_examples: int = 256, progress: Progress | None = None) -> dict:
-    """Ablate every head at every checkpoint and add the rows to the run's metrics table
-    (running `analyze` first if the run has not been analysed).
+def ablate_run(run: Run, kinds: tuple[str, ...] = KINDS, n_examples: int = 256, progress: Progress | None = None,
+               device: str | None = None, dtype: str | None = None) -> dict:
+    """Ablate every head at every checkpoint and add the rows to the run's metrics table, on the
+    very evaluation set `analyze` used (running `analyze` first if the run has none).
+
+    Args:
+        kinds: ablation kinds ("zero", "mean", "resample").
+        n_examples: evaluation sequences, when `analyze` has to run first.
+        device, dtype: where to run the sweeps ("cpu", "cuda", ...; "fp32", "bf16", ...).
 
     Returns:
         The ablation summary: `{run, step, icl_score, heads: [{layer, head, icl_removed_fraction,
         by_kind}]}` at the final checkpoint, where `icl_removed_fraction` is the share of the ICL
         score that pattern-preserving zero-ablation removes.
     """
-    if not run.layout.metrics.is_file():
-        analyze([run], n_examples=n_examples)
+    if not run.layout.eval_set.is_file() or not run.layout.metrics.is_file():
+        analyze([run], n_examples=n_examples, device=device, dtype=dtype)
+    ev = load_eval_set(run)
     table = run.metrics()
     table = table[~table.metric.str.startswith(tuple(f"{PREFIX}{k}." for k in kinds))]  # other kinds' rows stay
     ba = json.loads(run.layout.before_after.read_text())["vector"] if run.layout.before_after.is_file() else None
-    before_after = np.asarray(ba) if ba is not None and len(ba) == n_examples else None
-    ev = make_eval_set(run, n_examples)
-    model = Transformer(run.config.model)
+    before_after = np.asarray(ba) if ba is not None and len(ba) == len(ev.tokens) else None
+    model = place(Transformer(run.config.model), device, dtype)
     rows: list[dict] = []
     steps = run.checkpoints
     for i, step in enumerate(steps):
@@ -98,23 +123,38 @@ def ablate_run(run: Run, kinds: tuple[str, ...] = KINDS, n_examples: int = 256, 
     new = pd.DataFrame(rows).astype({"layer": "Int64", "head": "Int64"})
     new["position"] = pd.array([pd.NA] * len(new), dtype="Int64")
     new["baseline"] = np.nan
-    merged = pd.concat([table, new[table.columns]], ignore_index=True)
+    for col in COLUMNS:
+        if col not in table:
+            table[col] = np.nan
+    merged = pd.concat([table[COLUMNS], new[COLUMNS]], ignore_index=True)
     atomic_write(run.layout.metrics, lambda p: merged.to_parquet(p, index=False))
     return ablation_summary(run, merged)
 
 
 def ablation_summary(run: Run, table: pd.DataFrame) -> dict:
+    """The final checkpoint's ablations: per head, the share of the ICL score each kind and form
+    removes, and for pattern-preserving zero-ablation its 95% interval. `note` says why the
+    shares are empty when the clean ICL score is within noise of 0."""
     final = table[(table.step == table.step.max()) & table.metric.str.startswith(PREFIX)]
     if final.empty:
         raise CheckpointError(f"{run.path} has no ablation rows; run `icl-lab ablate {run.path}`")
-    icl = table[(table.metric == "icl_score") & (table.step == table.step.max())].value
+    icl = table[(table.metric == "icl_score") & (table.step == table.step.max())]
     heads = []
+    main = f"{PREFIX}zero.pattern_preserving.icl_removed_fraction"
     for (layer, head), group in final.groupby(["layer", "head"]):
         vals = {m.removeprefix(PREFIX): v for m, v in zip(group.metric, group.value)}
+        ci = group[group.metric == main]
         by_kind = {k: {f: vals.get(f"{k}.{f}.icl_removed_fraction") for f in FORMS}
                    for k in KINDS if f"{k}.full.icl_removed_fraction" in vals}
         heads.append({"layer": int(layer), "head": int(head),
                       "icl_removed_fraction": vals.get("zero.pattern_preserving.icl_removed_fraction"),
+                      "icl_removed_fraction_ci": [float(ci.lo.iloc[0]), float(ci.hi.iloc[0])] if len(ci) and "lo" in ci else None,
                       "by_kind": by_kind})
-    return {"run": str(run.path), "step": int(table.step.max()),
-            "icl_score": float(icl.iloc[0]) if len(icl) else None, "heads": heads}
+    out = {"run": str(run.path), "step": int(table.step.max()),
+           "icl_score": float(icl.value.iloc[0]) if len(icl) else None,
+           "icl_score_ci": [float(icl.lo.iloc[0]), float(icl.hi.iloc[0])] if len(icl) and "lo" in icl else None,
+           "heads": heads}
+    if out["icl_score_ci"] and is_noise(*out["icl_score_ci"]):
+        out["note"] = ("the clean ICL score's 95% interval reaches 0, so the shares of it removed are left empty (NaN); "
+                       "the changes in it (icl_delta) are in metrics.parquet")
+    return out

@@ -84,23 +84,25 @@ def attention_patterns(model: Transformer, tokens: Int[Tensor, "batch pos"]) -> 
 
 @torch.inference_mode()
 def masked_pattern_scores(
-    model: Transformer, tokens: Int[Tensor, "batch pos"], mask: Float[Tensor, "query_pos key_pos"], chunk: int = 8
-) -> Float[Tensor, "layer head"]:
+    model: Transformer, tokens: Int[Tensor, "batch pos"], mask: Float[Tensor, "query_pos key_pos"], chunk: int = 8,
+    per_example: bool = False,
+) -> Float[Tensor, "layer head"] | Float[Tensor, "batch layer head"]:
     """`masked_attention_score` without keeping the patterns: each layer's pattern is reduced as
     it is computed, `chunk` sequences at a time, so memory stays at one layer's pattern for a
-    few sequences (a 30-layer model at 512 tokens would need gigabytes for all of them)."""
+    few sequences (a 30-layer model at 512 tokens would need gigabytes for all of them).
+    With `per_example`, each sequence's score: [batch, layer, head]."""
     device = next(model.parameters()).device
     mask = mask.to(device)
     rows = mask.sum(-1) > 0
-    total = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-
-    def reduce(pattern: Tensor, *, hook) -> None:  # pattern [batch, head, query_pos, key_pos]
-        layer = int(hook.name.split(".")[1])
-        total[layer] += (pattern * mask).sum(-1)[..., rows].mean(-1).sum(0).float().cpu()
+    out = torch.zeros(len(tokens), model.cfg.n_layers, model.cfg.n_heads)
 
     for start in range(0, len(tokens), chunk):
+        def reduce(pattern: Tensor, *, hook, start: int = start) -> None:  # pattern [batch, head, query_pos, key_pos]
+            layer = int(hook.name.split(".")[1])
+            out[start : start + len(pattern), layer] = (pattern * mask).sum(-1)[..., rows].mean(-1).float().cpu()
+
         model.run_with_hooks(tokens[start : start + chunk].to(device), fwd_hooks=[(lambda n: n.endswith("attn.hook_pattern"), reduce)])
-    return total / len(tokens)
+    return out if per_example else out.mean(0)
 
 
 def prefix_matching_scores(

@@ -4,7 +4,8 @@ prefix-matching scores and a bump in the loss curve all change in the same narro
 
 Windows are found on a log-token axis. A *transition window* is a series' 10%-90% rise (or fall)
 window: from the first checkpoint where it has made 10% of its total change to the first where it
-has made 90% (a monotone envelope makes it robust to noise). A series whose total change is
+has made 90%, each a crossing that the next two checkpoints keep (so one noisy checkpoint cannot
+move the window). A series whose total change is
 below a threshold has no window, so a run without a phase change (the 1-layer control) reports
 none instead of inventing one. The *loss bump* is where the loss, plotted against log tokens,
 rises above its lower convex hull: a smoothly improving loss is convex on that axis, and a
@@ -19,6 +20,7 @@ import numpy as np
 MIN_PM_RISE = 0.3  # best prefix-matching score must rise by this much (score units)
 MIN_ICL_DROP = 0.2  # ICL score must fall by this much (nats)
 MIN_BUMP = 0.05  # loss must rise this far above its convex hull (nats)
+PERSIST = 2  # a window edge is a crossing that the next PERSIST checkpoints keep
 
 
 @dataclass(frozen=True)
@@ -35,10 +37,21 @@ def transition_window(tokens: np.ndarray, values: np.ndarray, min_change: float,
     change = final - initial
     if direction * change < min_change:
         return None
-    progress = np.maximum.accumulate((values - initial) / change)
-    start = int(np.argmax(progress >= 0.1))
-    end = int(np.argmax(progress >= 0.9))
+    progress = (values - initial) / change
+    start = persistent_crossing(progress, 0.1)
+    end = persistent_crossing(progress, 0.9)
     return Window(float(tokens[start]), float(tokens[max(start, end)]))
+
+
+def persistent_crossing(progress: np.ndarray, level: float, keep: int = PERSIST) -> int:
+    """The first index where `progress` reaches `level` and the next `keep` checkpoints stay there
+    (fewer at the end of the series), so one noisy checkpoint cannot move a window's edge. The
+    series' end always qualifies (its median defines 100%)."""
+    above = progress >= level
+    for i in range(len(progress)):
+        if above[i : i + keep + 1].all():
+            return i
+    return len(progress) - 1
 
 
 def lower_convex_hull(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from icl_lab.measure.analyze import make_eval_set
+from icl_lab.measure.evalset import make_eval_set
 from icl_lab.measure.losses import per_token_losses
 from icl_lab.measure.pca import joint_pca
 from icl_lab.model.transformer import Transformer

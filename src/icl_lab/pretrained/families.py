@@ -136,3 +136,9 @@ def _llama_weights(hf: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]
 
 FAMILIES = {"gpt2": (_gpt2_config, _gpt2_weights), "gpt_neox": (_neox_config, _neox_weights),
             "llama": (_llama_config, _llama_weights)}
+
+
+# model_type -> (its BOS id, whether text starts with it), used when the folder names no BOS:
+# GPT-2's and Pythia's <|endoftext|>, Llama's <s>. All three are evaluated with BOS prepended, as
+# TransformerLens's default_prepend_bos does for them (SmolLM2 reads its id, 0, from the GGUF file).
+BOS = {"gpt2": (50256, True), "gpt_neox": (0, True), "llama": (1, True)}

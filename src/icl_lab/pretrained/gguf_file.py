@@ -83,6 +83,7 @@ def read_gguf(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
         "rope_theta": float(_field(reader, "llama.rope.freq_base", 10000.0)),
         "head_dim": _field(reader, "llama.rope.dimension_count", d_model // n_heads), "hidden_act": "silu",
         "name": _field(reader, "general.name", Path(path).stem), "license": _field(reader, "general.license"),
+        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
     }
     return config, weights
 

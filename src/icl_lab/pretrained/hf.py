@@ -1,6 +1,7 @@
 """Import a Hugging Face model folder (or a llama.cpp GGUF file) (config.json plus model.safetensors, or pytorch_model.bin
 read with `torch.load(weights_only=True)`, which refuses arbitrary pickled objects) as an
-icl-lab run directory with one weights-only checkpoint.
+icl-lab run directory with one weights-only checkpoint, and with the model's own tokenizer and BOS
+id (from tokenizer.json, config.json or the GGUF metadata) for the text it is evaluated on.
 
 How each family's weights map onto the icl-lab transformer is in `icl_lab.pretrained.families`.
 
@@ -23,7 +24,7 @@ from icl_lab.errors import CheckpointError, ConfigError
 from icl_lab.io import write_json
 from icl_lab.model.transformer import Transformer
 from icl_lab.data.tokenizer import Tokenizer
-from icl_lab.pretrained.families import FAMILIES
+from icl_lab.pretrained.families import BOS, FAMILIES
 from icl_lab.pretrained.gguf_file import gguf_tokenizer_json, read_gguf
 from icl_lab.run.rundir import Run, load_run
 from icl_lab.train.checkpoint import save_weights
@@ -81,14 +82,61 @@ def _load(folder: Path) -> tuple[str, object, dict[str, Tensor], dict]:
     return family, FAMILIES[family], weights, hf_config
 
 
+def _own_tokenizer(path: Path, first: Path) -> tuple[str | None, str]:
+    """(HF `tokenizers` JSON, where it came from) of the model's own tokenizer: the GGUF file's,
+    or the tokenizer.json of the folder (for revisions: the top folder's, else the first
+    revision's); (None, "") when there is none."""
+    if path.suffix == ".gguf":
+        return gguf_tokenizer_json(path), "gguf"
+    for folder in (path, first):
+        file = folder / "tokenizer.json"
+        if file.is_file():
+            from tokenizers import Tokenizer as HFTokenizer
+
+            try:
+                return HFTokenizer.from_file(str(file)).to_str(), str(file.relative_to(path))
+            except Exception as e:  # noqa: BLE001 — tokenizers raises a bare Exception for a file it cannot parse
+                raise CheckpointError(f"{file} is not a readable `tokenizers` file ({str(e).splitlines()[0][:100]}); "
+                                      "upgrade `tokenizers`, or remove the file to import with a fallback tokenizer") from None
+    return None, ""
+
+
+def _named_bos(folder: Path, tok: Tokenizer | None) -> int | None:
+    """The id of tokenizer_config.json's bos_token in the model's own tokenizer, if both exist."""
+    file = folder / "tokenizer_config.json"
+    if tok is None or tok.kind != "bpe" or not file.is_file():
+        return None
+    try:
+        name = json.loads(file.read_text()).get("bos_token")
+    except (OSError, json.JSONDecodeError):
+        return None
+    name = name.get("content") if isinstance(name, dict) else name
+    return tok.hf.token_to_id(name) if isinstance(name, str) else None
+
+
+def _bos(family: str, hf_config: dict, folder: Path, tok: Tokenizer | None, vocab: int) -> tuple[int | None, bool, str]:
+    """(BOS id, prepend it, where the id came from): the first id below `vocab` of config.json's
+    (or the GGUF file's) bos_token_id, tokenizer_config.json's bos_token and the family default."""
+    default, prepend = BOS[family]
+    named = "tokenizer.ggml.bos_token_id" if folder.suffix == ".gguf" else "config.json bos_token_id"
+    for source, bos in ((named, hf_config.get("bos_token_id")),
+                        ("tokenizer_config.json bos_token", _named_bos(folder, tok)), (f"{family} default", default)):
+        if isinstance(bos, int) and 0 <= bos < vocab:
+            return int(bos), prepend, source
+    return None, prepend, "the tokenizer's end-of-text"
+
+
 def import_model(path: str | Path, out: str | Path, sequences_per_step: int | None = None, corpus: str = "literary") -> Run:
     """Convert a local Hugging Face model folder, or a folder of its training revisions
     (`step1000/`, `step2000/`, ... each a model folder), into the run directory `out`, one
     checkpoint per revision, so the training-dynamics analysis runs on real checkpoints.
 
     The run's config holds the model and, for text analysis, `corpus` (default the bundled
-    literary one) with the GPT-2 tokenizer (a locally trained BPE for vocabularies under 50257);
-    meta.json records where the weights came from.
+    literary one) with the model's own tokenizer (the folder's tokenizer.json or the GGUF file's,
+    saved as the run's tokenizer.json) and BOS id (config.json's bos_token_id, else
+    tokenizer_config.json's bos_token, else the family's). Without a tokenizer of its own, the run
+    uses the GPT-2 tokenizer (a locally trained BPE for vocabularies under 50257), and meta.json
+    says so (`tokenizer_source`), as it records where the weights came from.
 
     Args:
         sequences_per_step: sequences per training step, so that checkpoints carry tokens seen
@@ -107,13 +155,17 @@ def import_model(path: str | Path, out: str | Path, sequences_per_step: int | No
     layout = RunLayout(out)
     if layout.config.exists():
         raise ConfigError(f"{out} already holds a run; choose another --out")
-    cfg = family = None
+    first = next(iter(steps.values()))
+    tok_json, tok_source = _own_tokenizer(path, first)  # before any weights: an unreadable file stops here
+    tok = Tokenizer("bpe", {"hf": tok_json}) if tok_json is not None else None
+    cfg = family = first_config = None
     for step, folder in steps.items():
         fam, (make_config, convert), weights, hf_config = _load(folder)
         this = make_config(hf_config)
         if cfg is not None and this != cfg:
             raise ConfigError(f"revision {folder.name} has a different architecture from the first one; import it separately")
         cfg, family = this, fam
+        first_config = first_config or hf_config
         model = Transformer(cfg)
         try:
             model.load_state_dict(convert(weights, cfg))
@@ -122,17 +174,21 @@ def import_model(path: str | Path, out: str | Path, sequences_per_step: int | No
         per_step = sequences_per_step or (PYTHIA_SEQUENCES_PER_STEP if len(steps) > 1 else 1)
         save_weights(layout.checkpoint(step), model, step=step, tokens=step * per_step * cfg.n_ctx, source=str(folder.resolve()))
         del model, weights
-    tokenizer_file = ""
-    if path.suffix == ".gguf" and (tok_json := gguf_tokenizer_json(path)) is not None:  # the model's own BPE
-        tokenizer_file = str(Tokenizer("bpe", {"hf": tok_json}).save(layout.tokenizer).resolve())
+    fallback = "gpt2" if cfg.d_vocab >= 50257 else "bpe"
+    # a locally trained BPE shares no ids with the model, so its own end-of-text serves as BOS
+    vocab = tok.vocab_size if tok is not None else 50257 if fallback == "gpt2" else 0
+    bos_id, prepend, bos_source = _bos(family, first_config, first, tok, min(vocab, cfg.d_vocab))
     experiment = ExperimentConfig.parse(dict(
         name=f"import-{path.stem}", model=cfg.model_dump(),
-        data=dict(kind="text", corpus=corpus, tokenizer="gpt2" if cfg.d_vocab >= 50257 else "bpe",
-                  tokenizer_file=tokenizer_file, eval_ctx=min(cfg.n_ctx, EVAL_CTX)),
+        data=dict(kind="text", corpus=corpus, tokenizer=fallback, eval_ctx=min(cfg.n_ctx, EVAL_CTX), bos_id=bos_id, prepend_bos=prepend,
+                  tokenizer_file=str(tok.save(layout.tokenizer).resolve()) if tok is not None else ""),
         train=dict(steps=max(max(steps), 1), batch_size=per_step, warmup_steps=0, n_checkpoints=max(len(steps), 2))),
         where="imported run")
     write_json(layout.config, experiment.model_dump(mode="json"))
-    write_json(layout.meta, {"seed": None, "imported_from": str(path.resolve()), "family": family,
+    # what `check_eval_data` compares the evaluation text with, and where tokenizer and BOS came from
+    own = ({"tokenizer_source": tok_source, "tokenizer_fingerprint": tok.fingerprint()} if tok is not None
+           else {"tokenizer_source": f"fallback: {fallback}"})
+    write_json(layout.meta, {"seed": None, "imported_from": str(path.resolve()), "family": family, **own, "bos_source": bos_source,
                              "revisions": sorted(steps), "versions": library_versions(), "status": "complete",
                              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return load_run(out)

@@ -122,7 +122,8 @@ def _samples(run: Run) -> tuple[torch.Tensor, list[dict]]:
     gen = torch.Generator().manual_seed(EVAL_SEED + 1)
     tokenizer = run.tokenizer()
     if run.config.data.kind == "text":
-        text = sample_windows(load_tokens(run.config.data, m.d_vocab).val, n, 1, gen).tokens
+        ts = load_tokens(run.config.data, m.d_vocab)
+        text = sample_windows(ts.val, n, 1, gen, bos=ts.bos).tokens
         name = f"validation text ({run.config.data.corpus}, {run.config.data.tokenizer} tokens)"
     else:
         text = sample_batch(run.config.data, m.d_vocab, n, 1, gen).tokens

@@ -36,8 +36,8 @@ def _shade_phase(fig: go.Figure, run: RunData, i: int, **where) -> None:
 
 
 def loss_figure(runs: list[RunData]) -> go.Figure:
-    """Training loss and evaluation ICL score against tokens seen (log axis); each run's detected
-    phase-change window shaded in its colour."""
+    """Training loss and evaluation ICL score against tokens seen (log axis), the ICL score with its
+    95% bootstrap interval; each run's detected phase-change window shaded in its colour."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     for i, run in enumerate(runs):
         log = run.log[run.log.tokens > 0]
@@ -45,8 +45,14 @@ def loss_figure(runs: list[RunData]) -> go.Figure:
                         legendgroup=run.name)
         if run.metrics is not None:
             icl = _series(run, "icl_score")
+            if "lo" in icl and icl.lo.notna().any():  # the 95% bootstrap interval as a band
+                fig.add_scatter(x=list(icl.tokens) + list(icl.tokens[::-1]), y=list(icl.hi) + list(icl.lo[::-1]),
+                                fill="toself", fillcolor=color(i), opacity=0.2, line=dict(width=0), hoverinfo="skip",
+                                name=f"{run.name} ICL score 95% CI", legendgroup=run.name, showlegend=False, secondary_y=True)
             fig.add_scatter(x=icl.tokens, y=icl.value, name=f"{run.name} ICL score", legendgroup=run.name,
-                            line=dict(color=color(i), dash="dot"), mode="lines+markers", marker_size=4, secondary_y=True)
+                            line=dict(color=color(i), dash="dot"), mode="lines+markers", marker_size=4, secondary_y=True,
+                            error_y=dict(type="data", symmetric=False, array=icl.hi - icl.value, arrayminus=icl.value - icl.lo,
+                                         thickness=1, width=0) if "lo" in icl else None)
             _shade_phase(fig, run, i)
     fig.update_xaxes(type="log", title="tokens seen")
     fig.update_yaxes(title="training loss (nats)", secondary_y=False)

@@ -67,9 +67,10 @@ def analysis_table_figure(runs: list[RunData]) -> go.Figure:
     return fig
 
 
-def _cell(value: float | None, lo: float, hi: float, scale: str) -> str:
+def _cell(value: float | None, lo: float, hi: float, scale: str, ci: list | None = None) -> str:
     if value is None or not np.isfinite(value):
         return "<td class=num>-</td>"
+    interval = f"<small> [{ci[0]:+.2f}, {ci[1]:+.2f}]</small>" if ci and all(np.isfinite(ci)) else ""
     x = (min(max(value, lo), hi) - lo) / (hi - lo)
     if scale == "Blues":
         bg = f"rgba(31,119,180,{x * 0.8:.2f})"
@@ -77,7 +78,7 @@ def _cell(value: float | None, lo: float, hi: float, scale: str) -> str:
         strength = abs(x - 0.5) * 1.6
         hue = "31,119,180" if (x > 0.5) == (scale == "RdBu") else "214,39,40"
         bg = f"rgba({hue},{strength:.2f})"
-    return f'<td class=num style="background:{bg}">{value:+.3f}</td>'
+    return f'<td class=num style="background:{bg}">{value:+.3f}{interval}</td>'
 
 
 def final_table_html(run: RunData) -> str:
@@ -87,16 +88,18 @@ def final_table_html(run: RunData) -> str:
     starred = _starred(run)
     removed = {}
     if run.ablation:
-        removed = {(h["layer"], h["head"]): h["icl_removed_fraction"] for h in run.ablation["heads"]}
+        removed = {(h["layer"], h["head"]): (h["icl_removed_fraction"], h.get("icl_removed_fraction_ci"))
+                   for h in run.ablation["heads"]}
     head_cols = [m for m in COLUMNS if m != ATTRIBUTION]
     header = "".join(f"<th>{COLUMNS[m][0]}</th>" for m in head_cols) + f"<th>{COLUMNS[ATTRIBUTION][0]}</th>"
     rows = []
     for h in run.summary["heads"]:
         key = (h["layer"], h["head"])
-        cells = "".join(_cell(h[m], *RANGES[COLUMNS[m][1]]) for m in head_cols)
-        cells += _cell(removed.get(key), *RANGES["coloraxis3"])
+        cells = "".join(_cell(h[m], *RANGES[COLUMNS[m][1]], ci=h.get("ci", {}).get(m)) for m in head_cols)
+        cells += _cell(*removed.get(key, (None, None))[:1], *RANGES["coloraxis3"], ci=removed.get(key, (None, None))[1])
         cls = " class=induction" if key in starred else ""
         rows.append(f"<tr{cls}><th>{_head_label(*key, starred)}</th>{cells}</tr>")
     note = "" if run.ablation else f" Ablation column empty: run <code>icl-lab ablate {html.escape(run.path)}</code>."
-    return (f"<table class=mat><caption>{html.escape(run.name)}, final checkpoint.{note}</caption>"
+    return (f"<table class=mat><caption>{html.escape(run.name)}, final checkpoint; [95% bootstrap interval over "
+            f"evaluation examples].{note}</caption>"
             f"<tr><th>head</th>{header}</tr>{''.join(rows)}</table>")

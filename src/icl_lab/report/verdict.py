@@ -2,10 +2,8 @@
 which heads are induction heads; how much of the ICL score ablating them removes. The report's
 verdict box and the CLI print the same lines.
 
-Induction heads are the analysis summary's (`prefix_matching > 0.5` and `copying > 0.5`). Where
-that list is empty but some head prefix-matches above 0.5 with a copying OV circuit by its
-eigenvalues (`ov_eigen_positivity > 0.5`), those heads are named instead, and the line says so:
-at small vocabularies the copying score under-reads real copying heads (docs/analysis.md)."""
+Induction heads are the analysis summary's, chosen by the one rule in `icl_lab.measure.induction`
+(prefix matching > 0.5 and copying > 0.5); the CLI and `reproduce` read the same list."""
 
 from __future__ import annotations
 
@@ -16,13 +14,10 @@ import torch
 from icl_lab.errors import CheckpointError
 from icl_lab.intervene.ablate import ablate_head_group
 from icl_lab.intervene.attribution import removed_fraction
-from icl_lab.measure.analyze import make_eval_set
+from icl_lab.measure.evalset import eval_set_for
+from icl_lab.measure.induction import induction_rule
 from icl_lab.measure.losses import icl_score, loss_by_token
 from icl_lab.run.rundir import Run
-
-PREFIX_MATCHING = 0.5
-EIGEN_POSITIVITY = 0.5
-
 
 @dataclass(frozen=True)
 class Verdict:
@@ -33,7 +28,7 @@ class Verdict:
         analysed: whether `icl-lab analyze` has run (else every other field is empty).
         phase_change: (start, end) in tokens, or None.
         induction_heads: (layer, head) pairs.
-        criterion: how the heads were chosen ("prefix matching and copying" or "... eigenvalues").
+        criterion: the rule the heads were chosen by.
         removed: share of the ICL score that pattern-preserving zero-ablation of all of them
             together removes, at the final checkpoint (None when there are none, or no ICL).
         icl_score: final ICL score in nats.
@@ -49,13 +44,10 @@ class Verdict:
 
 
 def induction_heads(summary: dict) -> tuple[list[tuple[int, int]], str]:
-    """The summary's induction heads, or the eigenvalue fallback described in the module doc."""
+    """The summary's induction heads and the rule they were chosen by."""
     heads = [(h["layer"], h["head"]) for h in summary["induction_heads"]]
-    if heads:
-        return heads, "prefix matching > 0.5, copying > 0.5"
-    heads = [(h["layer"], h["head"]) for h in summary["heads"]
-             if h["prefix_matching"] > PREFIX_MATCHING and h["ov_eigen_positivity"] > EIGEN_POSITIVITY]
-    return heads, "prefix matching > 0.5, OV eigenvalue positivity > 0.5; copying score < 0.5" if heads else ""
+    rule = summary.get("induction_rule", {}).get("rule", induction_rule())
+    return heads, rule if heads else ""
 
 
 @torch.inference_mode()
@@ -69,7 +61,7 @@ def judge(run: Run, n_examples: int = 256) -> Verdict:
     heads, criterion = induction_heads(summary)
     removed = None
     if heads:
-        ev = make_eval_set(run, n_examples)
+        ev = eval_set_for(run, n_examples)
         losses = ablate_head_group(run.model(), ev.tokens, heads, kind="zero", pattern_preserving=True)
         clean, ablated = (icl_score(loss_by_token(x)) for x in losses)
         removed = removed_fraction(clean, ablated)

@@ -15,7 +15,8 @@ from plotly.subplots import make_subplots
 from icl_lab.intervene.ablate import ablate_head_group
 from icl_lab.intervene.attribution import PREFIX, ablate_run, is_ablated, removed_fraction
 from icl_lab.intervene.patching import path_patch
-from icl_lab.measure.analyze import make_eval_set
+from icl_lab.measure.evalset import eval_set_for
+from icl_lab.measure.induction import induction_rule
 from icl_lab.measure.composition import composition_baseline, composition_scores
 from icl_lab.measure.head_scores import repeated_random_tokens
 from icl_lab.measure.losses import icl_score, loss_by_token
@@ -41,7 +42,7 @@ def group_removed(run: Run, heads: list[tuple[int, int]], n_examples: int) -> fl
     the final checkpoint (NaN without heads)."""
     if not heads:
         return math.nan
-    losses = ablate_head_group(run.model(), make_eval_set(run, n_examples).tokens, heads, kind="zero", pattern_preserving=True)
+    losses = ablate_head_group(run.model(), eval_set_for(run, n_examples).tokens, heads, kind="zero", pattern_preserving=True)
     clean, ablated = (icl_score(loss_by_token(x)) for x in losses)
     return removed_fraction(clean, ablated)
 
@@ -75,8 +76,8 @@ def argument_3(lab: Lab) -> Section:
     fig.update_yaxes(title="share of the ICL score removed", row=1, col=1)
     fig.update_layout(title="Per-head ablation over training (pattern-preserving, zero; * induction head)", height=440, **LAYOUT)
     sec.figures["a3-ablation"] = fig
-    sec.notes.append("Induction heads: prefix matching > 0.5 with copying > 0.5, or, where the copying score under-reads, "
-                     "OV eigenvalue positivity > 0.5 (docs/analysis.md). The whole table is in each run's analysis/metrics.parquet.")
+    sec.notes.append(f"Induction heads: {induction_rule()} (docs/analysis.md). "
+                     "The whole table is in each run's analysis/metrics.parquet.")
     return sec
 
 

@@ -52,7 +52,7 @@ def best(run: Run, metric: str, layers: range | None = None) -> tuple[float, tup
 
 
 def inductive(run: Run) -> list[tuple[int, int]]:
-    """The run's induction heads (the report's rule, with its eigenvalue fallback)."""
+    """The run's induction heads: the analysis summary's list (`icl_lab.measure.induction`)."""
     return induction_heads(run.summary())[0]
 
 

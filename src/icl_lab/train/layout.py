@@ -3,7 +3,8 @@ the trainer writes them and `icl_lab.run` reads them.
 
     RUN/
       config.json          ExperimentConfig (model, data, train, seed): alone it rebuilds the run
-      meta.json            seed, library versions, data fingerprint, device, status
+      meta.json            seed, library versions, data fingerprint (text: and tokenizer fingerprint,
+                           BOS id; imports: tokenizer_source, bos_source), device, status
       train_log.jsonl      one JSON row per logged step: step, tokens, loss, loss_repeat, lr, tokens_per_s
       tokenizer.json       text runs only: the tokenizer (icl_lab.data.Tokenizer.load)
       checkpoints/
@@ -12,6 +13,7 @@ the trainer writes them and `icl_lab.run` reads them.
         metrics.parquet      tidy table: run, step, tokens, metric, layer, head, position, value, baseline
         summary.json         phase change, ICL score, final head scores, induction heads
         before_after.json    the per-token-loss "before-and-after" vector of the phase change
+        eval_set.safetensors the evaluation set every measurement of the run used (`ablate` reads it)
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ class RunLayout:
     @property
     def before_after(self) -> Path:
         return self.analysis_dir / "before_after.json"
+
+    @property
+    def eval_set(self) -> Path:
+        return self.analysis_dir / "eval_set.safetensors"
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoint_dir / f"step_{step:07d}.safetensors"

@@ -96,6 +96,14 @@ def _is_complete(layout: RunLayout, steps: int) -> bool:
     return bool(saved) and saved[-1] >= steps and meta.get("status") == "complete"
 
 
+def _check_same_data(layout: RunLayout, fingerprint: str) -> None:
+    """Resuming must draw the same data the run started on (a changed corpus, tokenizer or BOS would not)."""
+    before = json.loads(layout.meta.read_text()).get("data_fingerprint") if layout.meta.is_file() else None
+    if before is not None and before != fingerprint:
+        raise ConfigError(f"{layout.root} was trained on other data (corpus, tokenizer or BOS changed since, "
+                          f"fingerprint {before} -> {fingerprint}); restore them or start a new run with another --out")
+
+
 def _truncate_log(layout: RunLayout, step: int) -> None:
     if layout.log.exists():
         rows = [ln for ln in layout.log.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
@@ -129,19 +137,23 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
     model = Transformer(cfg.model, seed=derive_seed(cfg.seed, "init")).to(device)
     optimizer = build_optimizer(model, tc)
     data = open_stream(cfg.data, cfg.model.d_vocab, cfg.model.n_ctx, tc.batch_size, derive_seed(cfg.seed, "data"))
+    fingerprint, saved = data.fingerprint(derive_seed(cfg.seed, "data")), layout.checkpoint_steps()
+    if resume and saved:  # before anything is written: the run's files stay as they were
+        _check_same_data(layout, fingerprint)
     if isinstance(data, TextStream):  # the run decodes its own tokens without the cache
         data.tokens.tokenizer.save(layout.tokenizer)
     meta = {
         "seed": cfg.seed,
         "versions": library_versions(),
-        "data_fingerprint": data.fingerprint(derive_seed(cfg.seed, "data")),
+        "data_fingerprint": fingerprint,
         "device": str(device),
         "threads": torch.get_num_threads(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "status": "running",
     }
+    if isinstance(data, TextStream):  # what `check_eval_data` compares the evaluation text with
+        meta |= {"tokenizer_fingerprint": data.tokens.tokenizer.fingerprint(), "bos_id": data.tokens.bos}
     step, tokens = 0, 0
-    saved = layout.checkpoint_steps()
     if resume and saved:
         state = load_train_state(layout.checkpoint(saved[-1]))
         model.load_state_dict(load_weights(layout.checkpoint(saved[-1])))

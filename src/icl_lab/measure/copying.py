@@ -1,0 +1,176 @@
+"""Copying scores: does what a head writes raise the logit of the token it attends to? Olsson et
+al. (2022), "In-context Learning and Induction Heads", Model Analysis Table ("copying"), with the
+primary score made vocabulary-robust (docs/decisions.md, "Copying score").
+
+- `copying_scores` (the primary `copying`): on the repeated random-token sequences that prefix
+  matching uses, for each source position s holding token t, the head's output if it attended
+  fully to s, o_s = norm(resid_s) W_V W_O (+ b_V W_O), from the real residual stream entering the
+  head's layer. Through the final norm (centring, gain) and W_U it gives logits l_s over a shared
+  set C of competitor tokens; q_s is the share of competitors v != t with l_s[t] > l_s[v] (ties
+  count one half), and `copying = 2 mean_s q_s - 1`. An identity copier reads +1, its negation -1,
+  a random head about 0, at any vocabulary size, and no [d_vocab, d_vocab] matrix is formed.
+- `copying_direct_scores`: the same statistic with the normalised token embedding in place of
+  the residual stream (weights only; the direct path of Elhage et al. 2021).
+- `copying_olsson_scores`: the paper's own recipe, kept for fidelity: on 25-token random
+  sequences, the head's actual output at each position through the final norm and W_U, restricted
+  to the sample's tokens, mean-subtracted and ReLU'd; the share landing on the top-attended token,
+  rescaled from 0..0.5 to -1..1 and clipped. A random head reads about -0.8 there (the share of
+  one token among 25 is about 0.04), so it does not centre on 0.
+
+Each returns `[layer, head]`, or `[example, layer, head]` with `per_example=True` (for
+bootstrap intervals over examples)."""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from icl_lab.model.transformer import LayerNorm, Transformer
+
+COMPETITORS = 4096  # size of the shared competitor set C (all tokens when the vocabulary is smaller)
+ELEMENT_BUDGET = 2**24  # logits held at once: [head, source chunk, |C|]
+FLOP_BUDGET = 2e11  # default cap on the competitor logits' multiply-adds (a few seconds on a laptop CPU)
+MIN_SOURCES = 256
+
+
+def default_sources(model: Transformer, competitors: int = COMPETITORS) -> int:
+    """How many source positions fit FLOP_BUDGET (at least MIN_SOURCES): every one on small
+    models, a few hundred on a 30-layer, 49k-token model."""
+    cfg = model.cfg
+    per_source = 2 * cfg.n_layers * cfg.n_heads * min(competitors, cfg.d_vocab) * cfg.d_model
+    return max(MIN_SOURCES, int(FLOP_BUDGET // per_source))
+
+
+def competitor_set(d_vocab: int, n: int = COMPETITORS, seed: int = 0) -> Int[Tensor, "competitor"]:
+    """The shared competitor token ids: every token when d_vocab <= n, else a fixed random n."""
+    if d_vocab <= n:
+        return torch.arange(d_vocab)
+    return torch.randperm(d_vocab, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
+def _to_logit_space(model: Transformer, written: Tensor) -> Tensor:
+    """What the final norm does to a direction, up to its positive scale: centre (LayerNorm) and
+    multiply by the gain. The scale is shared by every logit, so ranks do not depend on it."""
+    if isinstance(model.ln_final, LayerNorm):
+        written = written - written.mean(-1, keepdim=True)
+    w = getattr(model.ln_final, "w", None)
+    return written if w is None else written * w
+
+
+def rank_shares(
+    model: Transformer, written: Float[Tensor, "head source d_model"], targets: Int[Tensor, "source"], competitors: Tensor
+) -> Float[Tensor, "head source"]:
+    """q: for each head and source, the share of competitors v != target whose logit the written
+    vector raises less than the target's (ties count one half)."""
+    W_U = model.W_U.detach()
+    comp = competitors.to(W_U.device)
+    x = _to_logit_space(model, written)
+    own = torch.einsum("hsd,ds->hs", x, W_U[:, targets])  # [head, source]
+    chunk = max(1, ELEMENT_BUDGET // (x.shape[0] * len(comp)))
+    out = []
+    for i in range(0, x.shape[1], chunk):
+        logits = x[:, i : i + chunk] @ W_U[:, comp]  # [head, chunk, |C|]
+        o = own[:, i : i + chunk, None]
+        rival = comp[None, :] != targets[i : i + chunk, None]  # [chunk, |C|]: v != t (not by float equality)
+        wins = (((o > logits) + 0.5 * (o == logits)) * rival).sum(-1)
+        out.append(wins / rival.sum(-1))
+    return torch.cat(out, dim=1)
+
+
+def _head_outputs(model: Transformer, layer: int, x: Float[Tensor, "source d_model"]) -> Float[Tensor, "head source d_model"]:
+    """o = x W_V (+ b_V) W_O for every head of `layer`: what it writes when it attends fully to x."""
+    attn = model.blocks[layer].attn
+    v = torch.einsum("sd,hde->hse", x, attn.W_V)
+    if attn.b_V is not None:
+        v = v + attn.b_V[:, None, :]
+    return torch.einsum("hse,hed->hsd", v, attn.W_O)
+
+
+@torch.inference_mode()
+def copying_scores(
+    model: Transformer,
+    tokens: Int[Tensor, "batch pos"],
+    first: int = 1,
+    max_sources: int | None = None,
+    competitors: int = COMPETITORS,
+    seed: int = 0,
+    per_example: bool = False,
+) -> Float[Tensor, "layer head"] | Float[Tensor, "batch layer head"]:
+    """The primary copying score of every head (module docstring): 2 mean_s q_s - 1 in [-1, 1].
+
+    Args:
+        model: the model.
+        tokens: [batch, pos] sequences, normally the repeated random tokens of prefix matching.
+        first: the first source position (1 skips a BOS column).
+        max_sources: at most this many source positions in all (an even spread per sequence);
+            default `default_sources(model)`.
+        competitors: size of the competitor set C.
+        per_example: return [batch, layer, head] (each sequence's mean over its sources).
+
+    Example:
+        >>> tokens, seg_len = repeated_random_tokens(model.cfg.d_vocab, model.cfg.n_ctx, n_examples=32)
+        >>> copying_scores(model, tokens)   # [layer, head]; +1 for a perfect copier
+    """
+    device = model.W_U.device
+    tokens = tokens.to(device)
+    batch, n_pos = tokens.shape
+    max_sources = max_sources or default_sources(model, competitors)
+    per_seq = max(1, min(n_pos - first, max_sources // batch))
+    cols = torch.linspace(first, n_pos - 1, per_seq).round().long().unique().to(device)  # [k] source positions
+    comp = competitor_set(model.cfg.d_vocab, competitors, seed)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_resid_pre"))
+    targets = tokens[:, cols].flatten()  # [batch * k]
+    out = torch.empty(batch, model.cfg.n_layers, model.cfg.n_heads)
+    for layer, block in enumerate(model.blocks):
+        resid = cache[f"blocks.{layer}.hook_resid_pre"][:, cols]  # [batch, k, d_model]
+        x = block.attn_inputs(resid, None)[2].flatten(0, 1)  # values read the normalised stream
+        q = rank_shares(model, _head_outputs(model, layer, x), targets, comp)  # [head, batch * k]
+        out[:, layer] = (2 * q - 1).view(-1, batch, len(cols)).mean(-1).T.float().cpu()
+    return out if per_example else out.mean(0)
+
+
+@torch.inference_mode()
+def copying_direct_scores(
+    model: Transformer, max_sources: int | None = None, competitors: int = COMPETITORS, seed: int = 0
+) -> Float[Tensor, "layer head"]:
+    """The copying statistic on the direct path: each source is a token's embedding alone, through
+    the head's layer norm (positions and earlier layers left out). Weights only; sources are every
+    token, or a fixed random `max_sources` of them (default `default_sources(model)`)."""
+    d_vocab = model.cfg.d_vocab
+    sources = competitor_set(d_vocab, max_sources or default_sources(model, competitors), seed + 1).to(model.W_E.device)
+    comp = competitor_set(d_vocab, competitors, seed)
+    embed = model.W_E.detach()[sources]  # [source, d_model]
+    out = torch.empty(model.cfg.n_layers, model.cfg.n_heads)
+    for layer, block in enumerate(model.blocks):
+        x = block.attn_inputs(embed[None], None)[2][0]
+        out[layer] = (2 * rank_shares(model, _head_outputs(model, layer, x), sources, comp) - 1).mean(-1).float().cpu()
+    return out
+
+
+@torch.inference_mode()
+def copying_olsson_scores(
+    model: Transformer, tokens: Int[Tensor, "batch pos"], first: int = 1, per_example: bool = False
+) -> Float[Tensor, "layer head"] | Float[Tensor, "batch layer head"]:
+    """The paper's copying score (module docstring) on `tokens`, normally [BOS] + 25 random
+    distinct tokens per row (most and least common tokens left out). At each query position
+    p >= first + 1, the head's output z_p W_O through the final norm and W_U, restricted to the
+    row's own tokens; minus their mean; ReLU; the share on the token at the key the head attends
+    to most (among the row's tokens, keys >= first). s in [0, 1] -> clip(4 s - 1, -1, 1)."""
+    device = model.W_U.device
+    tokens = tokens.to(device)
+    batch = tokens.shape[0]
+    sample = tokens[:, first:]  # [batch, n] the row's tokens
+    W_U = model.W_U.detach()
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("attn.hook_z", "attn.hook_pattern")))
+    out = torch.empty(batch, model.cfg.n_layers, model.cfg.n_heads)
+    for layer, block in enumerate(model.blocks):
+        z = cache[f"blocks.{layer}.attn.hook_z"][:, first + 1 :]  # [batch, q, head, d_head]
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"][:, :, first + 1 :, first:]  # [batch, head, q, key]
+        written = _to_logit_space(model, torch.einsum("bqhe,hed->bhqd", z, block.attn.W_O))
+        logits = torch.einsum("bhqd,dbn->bhqn", written, W_U[:, sample])  # over the row's tokens only
+        raised = (logits - logits.mean(-1, keepdim=True)).relu()  # [batch, head, q, n]
+        top = pattern.argmax(-1, keepdim=True)  # [batch, head, q, 1] index among the row's tokens
+        share = raised.gather(-1, top)[..., 0] / raised.sum(-1).clamp_min(1e-12)
+        out[:, layer] = (4 * share.mean(-1) - 1).clamp(-1, 1).float().cpu()
+    return out if per_example else out.mean(0)
