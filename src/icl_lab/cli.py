@@ -275,6 +275,8 @@ def ablate_cmd(
 def report_cmd(
     runs: list[Path] = typer.Argument(..., help="One or more run directories (analysed runs get every section)."),
     out: Optional[Path] = typer.Option(None, help="HTML file [default: RUN/report.html, or the runs' common folder]."),
+    device: str = typer.Option("cpu", help="Where the viewer's, graph's and verdict's models run: cpu, cuda, cuda:N or auto."),
+    dtype: str = typer.Option("fp32", help="dtype: fp32, bf16, fp16 or fp64."),
 ) -> None:
     """Write one self-contained HTML report (plots, Model Analysis Table, attention viewer,
     composition graph, verdict) that opens offline, and print its path and the verdict."""
@@ -283,7 +285,8 @@ def report_cmd(
     columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task("report", total=len(runs) + 1)
-        report = write_report(runs, out=out, progress=lambda what, done, total: bar.update(task, completed=done))
+        report = write_report(runs, out=out, device=device, dtype=dtype,
+                              progress=lambda what, done, total: bar.update(task, completed=done))
     console.print(f"report: [bold]{report.path}[/]")
     for line in report.verdict:
         console.print(f"  {line}", highlight=False, soft_wrap=True)

@@ -118,3 +118,19 @@ def test_the_stored_evaluation_set_is_the_one_measured(runs, summaries):
     assert ev.fingerprint == summaries[str(runs[0].path)]["provenance"]["eval_set"]
     assert ev.fingerprint == make_eval_set(runs[0], 64).fingerprint
     assert ev.repeated.shape[0] >= 32 and (ev.repeated[:, 0] == 0).all()  # BOS first, at least 32 sequences
+
+
+def test_analysis_runs_in_another_dtype_with_the_same_answers(runs, summaries):
+    again = analyze(runs[:1], n_examples=64, write=False, device="cpu", dtype="fp64")[str(runs[0].path)]
+    ref = summaries[str(runs[0].path)]
+    assert again["induction_heads"] == ref["induction_heads"]
+    for a, b in zip(again["heads"], ref["heads"]):
+        assert a["prefix_matching"] == pytest.approx(b["prefix_matching"], abs=1e-4)
+        assert a["copying"] == pytest.approx(b["copying"], abs=1e-3)
+    assert again["icl_score"]["final"] == pytest.approx(ref["icl_score"]["final"], abs=1e-3)
+
+
+def test_a_bad_device_or_dtype_is_a_one_line_error(runs):
+    r = subprocess.run([sys.executable, "-m", "icl_lab.cli", "analyze", str(runs[1].path), "--dtype", "fp8"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "unknown dtype 'fp8'" in r.stderr and "Traceback" not in r.stderr

@@ -26,7 +26,7 @@ def logit_lens(model: Transformer, tokens: Int[Tensor, "batch pos"]) -> Float[Te
     """Logits decoded from `blocks.{l}.hook_resid_pre` for every layer l, then from the final
     residual stream (so the last entry equals the model's logits)."""
     names = [f"blocks.{l}.hook_resid_pre" for l in range(model.cfg.n_layers)] + [f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
-    _, cache = model.run_with_cache(tokens, names_filter=names)
+    _, cache = model.run_with_cache(tokens.to(model.W_E.device), names_filter=names)
     return torch.stack([_unembed(model, model.ln_final(cache[n])) for n in names])
 
 
@@ -43,7 +43,7 @@ def direct_logit_attribution(
     """
     cfg = model.cfg
     keep = lambda n: n in ("hook_embed", "hook_pos_embed") or n.endswith(("attn.hook_z", "hook_mlp_out", "hook_resid_post"))  # noqa: E731
-    _, cache = model.run_with_cache(tokens, names_filter=keep)
+    _, cache = model.run_with_cache(tokens.to(model.W_E.device), names_filter=keep)
     names, parts = ["embed"], [cache["hook_embed"]]
     if cfg.positional == "learned":
         names.append("pos_embed")

@@ -24,6 +24,12 @@ from icl_lab.model.transformer import Transformer
 Metric = Callable[[Tensor, Tensor], Tensor]  # (logits [batch, pos, d_vocab], tokens [batch, pos]) -> [batch]
 
 
+def _on_model(model: Transformer, *tokens: Tensor) -> tuple[Tensor, ...]:
+    """The token tensors moved to the model's device (a model on a GPU takes CPU tokens)."""
+    device = model.W_E.device
+    return tuple(t.to(device) for t in tokens)
+
+
 def _run_cells(model: Transformer, tokens: Tensor, n_cells: int, make_hooks, metric: Metric, max_elements: int) -> Tensor:
     """Evaluate `n_cells` patched copies of `tokens`, `make_hooks(start, stop)` giving the hooks for
     cells [start, stop); returns the metric averaged over the batch, [n_cells]."""
@@ -45,6 +51,7 @@ def patch_residual(
 ) -> Float[Tensor, "layer pos"]:
     """The metric on the corrupted input with `blocks.{l}.hook_resid_pre` at one position taken
     from the clean run, for every (layer, position)."""
+    clean, corrupted = _on_model(model, clean, corrupted)
     L, P = model.cfg.n_layers, clean.shape[1]
     _, cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_resid_pre"))
 
@@ -75,6 +82,7 @@ def patch_heads(
 ) -> Float[Tensor, "layer head *pos"]:
     """The metric on the corrupted input with one head's output `hook_z` taken from the clean run,
     for every head ([layer, head]) or every head and position ([layer, head, pos])."""
+    clean, corrupted = _on_model(model, clean, corrupted)
     L, H, P = model.cfg.n_layers, model.cfg.n_heads, clean.shape[1]
     per = P if per_position else 1
     _, cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_z"))
@@ -122,6 +130,7 @@ def path_patch(
         raise ConfigError(f"path patching needs the sender in an earlier layer: got L{ls}H{hs} -> L{lr}H{hr}")
     if any(v not in ("q", "k", "v") for v in via):
         raise ConfigError(f"via must name q, k or v inputs; got {via}")
+    clean, corrupted = _on_model(model, clean, corrupted)
     keep = lambda n: n in (f"blocks.{ls}.attn.hook_z", f"blocks.{lr}.hook_resid_pre")  # noqa: E731
     clean_logits, cache = model.run_with_cache(clean, names_filter=keep)
     corrupt_logits, corrupt_cache = model.run_with_cache(corrupted, names_filter=keep)

@@ -161,6 +161,7 @@ class Transformer(HookedRootModule):
     # ---- forward -------------------------------------------------------------------------
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
         n_pos = tokens.shape[-1]
+        tokens = tokens.to(self.W_E.device)  # inputs follow the model (a no-op when they are already there)
         if n_pos > self.cfg.n_ctx:
             raise ConfigError(f"sequence of {n_pos} tokens exceeds n_ctx={self.cfg.n_ctx}; truncate the input")
         resid = self.hook_embed(F.embedding(tokens, self.W_E))
@@ -181,6 +182,7 @@ class Transformer(HookedRootModule):
 
     def per_token_loss(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos_minus_1"]:
         """Cross-entropy of predicting tokens[:, i+1] at position i, in nats: [batch, pos-1]."""
+        tokens = tokens.to(self.W_E.device)
         logits = self(tokens)
         # score every position against a target padded with ignore_index, then drop the last:
         # slicing the small loss instead of the logits avoids a logits-sized zero-fill in backward

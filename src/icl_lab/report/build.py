@@ -35,14 +35,15 @@ def default_out(paths: Sequence[str | Path]) -> Path:
     return Path(os.path.commonpath([Path(p).resolve() for p in paths])) / "report.html"
 
 
-def build_report(runs: Sequence[Run], progress: Progress | None = None, refresh_s: int | None = None) -> tuple[str, list[Verdict], list[str]]:
+def build_report(runs: Sequence[Run], progress: Progress | None = None, refresh_s: int | None = None,
+                 device: str | None = None, dtype: str | None = None) -> tuple[str, list[Verdict], list[str]]:
     """The report page's HTML for `runs`, their verdicts and the verdict lines (nothing is written)."""
     data: list[RunData] = []
     verdicts: list[Verdict] = []
     for i, run in enumerate(runs):
-        data.append(collect_run(run))
+        data.append(collect_run(run, device=device, dtype=dtype))
         if run.config.data.kind != "oocr":  # out-of-context reasoning runs get their own verdict line
-            verdicts.append(judge(run))
+            verdicts.append(judge(run, device=device, dtype=dtype))
         if progress is not None:
             progress("report", i + 1, len(runs) + 1)
     lines = verdict_lines(verdicts) if verdicts else []
@@ -53,7 +54,8 @@ def build_report(runs: Sequence[Run], progress: Progress | None = None, refresh_
     return page, verdicts, lines
 
 
-def write_report(paths: Sequence[str | Path], out: str | Path | None = None, progress: Progress | None = None) -> Report:
+def write_report(paths: Sequence[str | Path], out: str | Path | None = None, progress: Progress | None = None,
+                 device: str | None = None, dtype: str | None = None) -> Report:
     """Write one offline HTML report for the run directories `paths`.
 
     Args:
@@ -61,6 +63,8 @@ def write_report(paths: Sequence[str | Path], out: str | Path | None = None, pro
             attention viewer.
         out: the HTML file (default: see `default_out`).
         progress: optional callback(what, done, total).
+        device, dtype: where the models behind the attention viewer, composition graph and
+            verdict run ("cpu", "cuda", ...; "fp32", "bf16", ...).
 
     Returns:
         The `Report` (path and verdict).
@@ -75,7 +79,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path | None = None, pro
     if out.suffix.lower() not in (".html", ".htm"):
         raise ConfigError(f"--out {out} should end in .html; the report is one HTML file")
     runs = [load_run(p) for p in paths]
-    page, verdicts, lines = build_report(runs, progress)
+    page, verdicts, lines = build_report(runs, progress, device=device, dtype=dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, page)
     return Report(out, lines, verdicts)

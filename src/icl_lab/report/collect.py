@@ -26,6 +26,7 @@ from icl_lab.intervene.attribution import PREFIX, ablation_summary
 from icl_lab.measure.analyze import EVAL_SEED
 from icl_lab.measure.composition import composition_baseline, composition_scores
 from icl_lab.measure.head_scores import attention_patterns, repeated_random_tokens
+from icl_lab.measure.placement import place
 from icl_lab.run.rundir import Run
 from icl_lab.train.checkpoint import load_weights
 
@@ -33,7 +34,6 @@ VIEW_POSITIONS = 64  # the attention viewer shows at most this many tokens per s
 VIEW_CHECKPOINTS = 16  # and this many checkpoints on its slider
 EDGE_Z = 2.0  # a composition edge is drawn when its score is this many baseline stds above the mean
 LIVE_SECONDS = 120  # a run whose status is "running" and whose log moved this recently is training
-COMPOSITION_BUDGET = 2**28  # (heads x d_model)^2 elements: small models get the composition graph
 
 
 @dataclass(frozen=True)
@@ -139,38 +139,36 @@ def _samples(run: Run) -> tuple[torch.Tensor, list[dict]]:
 
 
 @torch.inference_mode()
-def collect_attention(run: Run, keep: tuple[int, ...] = ()) -> Attention | None:
+def collect_attention(run: Run, keep: tuple[int, ...] = (), device: str | None = None, dtype: str | None = None) -> Attention | None:
     """Attention patterns of every head on the viewer samples at up to `VIEW_CHECKPOINTS` steps."""
     steps = view_steps(run.checkpoints, keep)
     if not steps:
         return None
     tokens, samples = _samples(run)
-    model = run.model(steps[0])
+    model = place(run.model(steps[0]), device, dtype)
     out = []
     for step in steps:
         model.load_state_dict(load_weights(run.layout.checkpoint(step)))
         pattern = attention_patterns(model, tokens)  # [layer, sample, head, query_pos, key_pos]
-        out.append(pattern.transpose(0, 1).mul(255).round().to(torch.uint8).numpy())
+        out.append(pattern.float().cpu().transpose(0, 1).mul(255).round().to(torch.uint8).numpy())
     per_step = run.config.train.batch_size * run.config.model.n_ctx
     return Attention(steps, [s * per_step for s in steps], samples, np.stack(out))
 
 
 @torch.inference_mode()
-def collect_composition(run: Run) -> dict | None:
+def collect_composition(run: Run, device: str | None = None, dtype: str | None = None) -> dict | None:
     """Q/K/V-composition scores of the final checkpoint against their random baseline: every
     earlier-head -> later-head pair as an edge record, `drawn` when z >= EDGE_Z. None for one-layer
-    models and for models too large to form every pair's d_model x d_model product."""
+    models. The scores go through the factored circuits, so GPT-2-sized models take seconds."""
     m = run.config.model
     if m.n_layers < 2 or not run.checkpoints:
         return None
-    if (m.n_layers * m.n_heads * m.d_model) ** 2 > COMPOSITION_BUDGET:  # the pairwise products would not fit in memory
-        return None
-    model = run.model()
+    model = place(run.model(), device, dtype)
     edges, baselines = [], {}
     for mode in ("q", "k", "v"):
         mean, std = composition_baseline(model, mode)
         baselines[mode] = {"mean": mean, "std": std}
-        scores = composition_scores(model, mode).numpy()  # [layer_a, head_a, layer_b, head_b], NaN if not earlier
+        scores = composition_scores(model, mode).float().cpu().numpy()  # [layer_a, head_a, layer_b, head_b], NaN if not earlier
         for (la, ha, lb, hb), s in np.ndenumerate(scores):
             if np.isfinite(s):
                 z = (s - mean) / std
@@ -197,8 +195,8 @@ def collect_oocr(run: Run) -> dict | None:
     return {**json.loads(run.layout.oocr.read_text()), "accuracy": table.drop(columns="metric")}
 
 
-def collect_run(run: Run) -> RunData:
-    """Everything the report shows about `run`."""
+def collect_run(run: Run, device: str | None = None, dtype: str | None = None) -> RunData:
+    """Everything the report shows about `run` (models run on `device` in `dtype`)."""
     try:
         metrics, summary = run.metrics(), run.summary()
     except CheckpointError:
@@ -209,6 +207,6 @@ def collect_run(run: Run) -> RunData:
     return RunData(
         name=run.path.name, path=str(run.path), description=describe(run), training=is_training(run),
         log=run.log, metrics=metrics, summary=summary, ablation=ablation,
-        attention=collect_attention(run, keep=_phase_steps(run, summary)),
-        composition=collect_composition(run), oocr=collect_oocr(run),
+        attention=collect_attention(run, keep=_phase_steps(run, summary), device=device, dtype=dtype),
+        composition=collect_composition(run, device, dtype), oocr=collect_oocr(run),
     )

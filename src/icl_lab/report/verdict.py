@@ -15,6 +15,7 @@ from icl_lab.errors import CheckpointError
 from icl_lab.intervene.ablate import ablate_head_group
 from icl_lab.intervene.attribution import removed_fraction
 from icl_lab.measure.evalset import eval_set_for
+from icl_lab.measure.placement import place
 from icl_lab.measure.induction import induction_rule
 from icl_lab.measure.losses import icl_score, loss_by_token
 from icl_lab.run.rundir import Run
@@ -51,7 +52,7 @@ def induction_heads(summary: dict) -> tuple[list[tuple[int, int]], str]:
 
 
 @torch.inference_mode()
-def judge(run: Run, n_examples: int = 256) -> Verdict:
+def judge(run: Run, n_examples: int = 256, device: str | None = None, dtype: str | None = None) -> Verdict:
     """The verdict on one analysed run (ablating its induction heads together at the last step)."""
     try:
         summary = run.summary()
@@ -62,8 +63,8 @@ def judge(run: Run, n_examples: int = 256) -> Verdict:
     removed = None
     if heads:
         ev = eval_set_for(run, n_examples)
-        losses = ablate_head_group(run.model(), ev.tokens, heads, kind="zero", pattern_preserving=True)
-        clean, ablated = (icl_score(loss_by_token(x)) for x in losses)
+        losses = ablate_head_group(place(run.model(), device, dtype), ev.tokens, heads, kind="zero", pattern_preserving=True)
+        clean, ablated = (icl_score(loss_by_token(x.float().cpu())) for x in losses)
         removed = removed_fraction(clean, ablated)
     return Verdict(run.path.name, analysed=True,
                    phase_change=(pc["start_tokens"], pc["end_tokens"]) if pc["detected"] else None,
