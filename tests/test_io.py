@@ -63,3 +63,63 @@ def test_safetensors_round_trip_with_metadata(tmp_path):
     path = tmp_path / "t.safetensors"
     write_safetensors(path, {"a": torch.arange(6).view(2, 3).t()}, {"k": "v"})  # non-contiguous input
     assert torch.equal(load_file(str(path))["a"], torch.arange(6).view(2, 3).t())
+
+
+def test_a_failed_write_names_the_destination_and_a_full_disk_is_enospc(tmp_path, monkeypatch):
+    import errno
+
+    from safetensors import SafetensorError
+
+    import icl_lab.io
+    from icl_lab.io import atomic_write
+
+    def no_room(p):
+        raise OSError(errno.ENOSPC, "No space left on device", str(p))
+
+    with pytest.raises(OSError, match=r"No space left on device: '.*/out.json'$") as info:
+        atomic_write(tmp_path / "out.json", no_room)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "out.json")
+
+    def rust_says_so(tensors, filename, metadata=None):  # what safetensors raises on a full disk
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(icl_lab.io, "save_file", rust_says_so)
+    with pytest.raises(OSError) as info:
+        write_safetensors(tmp_path / "t.safetensors", {"a": torch.zeros(2)})
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "t.safetensors")
+    assert os.listdir(tmp_path) == []
+
+
+def test_clean_temp_files_removes_only_what_atomic_write_leaves(tmp_path):
+    from icl_lab.io import clean_temp_files
+
+    for name in (".step_0000001.safetensors.k2j3h4g5.tmp", ".meta.json.abc_defg.tmp", "keep.tmp", "step.safetensors", ".hidden"):
+        (tmp_path / name).write_text("x")
+    removed = clean_temp_files(tmp_path)
+    assert sorted(p.name for p in removed) == [".meta.json.abc_defg.tmp", ".step_0000001.safetensors.k2j3h4g5.tmp"]
+    assert sorted(os.listdir(tmp_path)) == [".hidden", "keep.tmp", "step.safetensors"]
+    assert clean_temp_files(tmp_path / "missing") == []
+
+
+def test_line_log_flushes_each_line_and_reports_a_failed_sync(tmp_path, monkeypatch):
+    import errno
+
+    from icl_lab.io import LineLog
+
+    path = tmp_path / "log.jsonl"
+    with LineLog(path) as log:
+        log.append('{"step": 1}')
+        assert path.read_text() == '{"step": 1}\n'  # on disk at once, before any close
+    with LineLog(path) as log:
+        log.append('{"step": 2}')
+    assert path.read_text().splitlines() == ['{"step": 1}', '{"step": 2}']
+
+    def failing(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing, raising=False)
+    monkeypatch.setattr(os, "fsync", failing)
+    log = LineLog(path)
+    log.append("x")
+    with pytest.raises(OSError, match="Input/output error"):
+        log.close()

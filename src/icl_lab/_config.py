@@ -47,7 +47,7 @@ def _merge(data: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 def one_line(err: ValidationError, where: str) -> str:
     """Summarise a pydantic error: the first bad field, what is wrong, and how many more there are."""
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
+    loc = ".".join(str(p) if str(p).isprintable() and str(p) else repr(p) for p in first["loc"])  # a key "\n" stays on the line
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown field; remove it or check its spelling"
@@ -56,4 +56,4 @@ def one_line(err: ValidationError, where: str) -> str:
     got = first.get("input")
     got_text = "" if first["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"invalid {where}: {loc + ': ' if loc else ''}{msg}{got_text}{more}"
+    return " ".join(f"invalid {where}: {loc + ': ' if loc else ''}{msg}{got_text}{more}".splitlines())

@@ -8,6 +8,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -19,8 +20,10 @@ from rich.table import Table
 
 import icl_lab
 from icl_lab.cli_experiments import register_experiments
-from icl_lab.errors import ConfigError, IclLabError
+from icl_lab.errors import ConfigError, IclLabError, IclLabWarning
 from icl_lab.train.config import ExperimentConfig
+from icl_lab.train.layout import RunLayout
+from icl_lab.train.lock import ensure_free
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train small transformers and watch induction heads form.")
 console = Console()
@@ -105,6 +108,7 @@ def train_cmd(
     if train_over or seed is not None:
         cfg = cfg.replace(**({"train": train_over} if train_over else {}), **({"seed": seed} if seed is not None else {}))
     out = out or Path("runs") / f"{cfg.name}-seed{cfg.seed}"
+    ensure_free(RunLayout(out))  # a run another trainer holds: one line, before any progress bar
     if cfg.data.kind == "text":  # build, tokenize and cache the text once, with a status line
         from icl_lab.data import load_tokens
 
@@ -151,6 +155,9 @@ def _print_summary(run: icl_lab.Run, seconds: float) -> None:
         rep = "-" if math.isnan(row.loss_repeat) else f"{row.loss_repeat:.3f}"
         table.add_row(f"{row.step:.0f}", f"{row.tokens:,.0f}", f"{row.loss:.3f}", rep, f"{row.tokens_per_s:,.0f}")
     console.print(table)
+    if run.config.data.kind == "modular":  # `a b = c` has no induction heads to look for
+        console.print(f"modular addition: measure it with `icl-lab grok --run {run.path}` (progress measures, phases, report)")
+        return
     model = run.model()
     scores = icl_lab.measure.prefix_matching_scores(model)  # [layer, head]
     layer, head = divmod(int(scores.argmax()), scores.shape[1])
@@ -297,12 +304,16 @@ def serve_cmd(
     runs_dir: Path = typer.Argument(Path("runs"), help="Folder holding run directories."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; the default is reachable from this machine only."),
     port: int = typer.Option(8000, help="Port (0: any free port)."),
+    allow_remote: bool = typer.Option(False, help="Allow a --host other machines can reach (there is no authentication)."),
 ) -> None:
     """Serve a local page that lists the runs in RUNS_DIR and opens their reports, refreshing
     while a run trains. Paths outside RUNS_DIR are refused."""
     from icl_lab.report import make_server
 
-    server = make_server(runs_dir, host=host, port=port)
+    server = make_server(runs_dir, host=host, port=port, allow_remote=allow_remote)
+    if allow_remote:
+        err_console.print(f"warning: serving {runs_dir} to every machine that can reach {host}:{server.server_address[1]}, "
+                          "with no authentication")
     bound_host, bound_port = server.server_address[:2]
     console.print(f"serving {runs_dir} at [bold]http://{bound_host}:{bound_port}/[/] (Ctrl-C to stop)")
     try:
@@ -347,13 +358,42 @@ def info_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> No
     console.print(f"{len(steps)} checkpoints: {steps[:6]}{' ... ' + str(steps[-3:]) if len(steps) > 6 else ''}")
 
 
+@app.command("verify")
+def verify_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
+    """Check every file of a run (config, meta, log, tokenizer, checkpoint hashes, analysis) without
+    changing any; print one line per problem with its fix, and exit 1 if there is any."""
+    from icl_lab.run.verify import verify_run
+
+    report = verify_run(run_dir)
+    table = Table(title=str(report.path), box=None)
+    for col in ("file", "", "detail"):
+        table.add_column(col)
+    for c in report.checks:
+        table.add_row(c.file, "[green]ok[/]" if c.ok else "[red]problem[/]", c.detail)
+    console.print(table)
+    for c in report.problems:
+        console.print(f"[red]problem:[/] {c.file}: {c.detail}; fix: {c.fix}", highlight=False, soft_wrap=True)
+    if report.problems:
+        raise typer.Exit(1)
+
+
 register_experiments(app)
+
+
+def _show_warning(message, category, *args, _default=warnings.showwarning, **kwargs) -> None:
+    if issubclass(category, IclLabWarning):  # handled trouble (a torn log line, a damaged checkpoint skipped): one line
+        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    else:
+        _default(message, category, *args, **kwargs)
 
 
 def main() -> None:
     """Console-script entry point: run the app, printing `IclLabError`s as one line."""
+    warnings.showwarning = _show_warning
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # without standalone mode, click returns a typer.Exit's code
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except IclLabError as e:
         err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -20,3 +20,20 @@ class DataError(IclLabError):
 
 class NonFiniteError(IclLabError):
     """A loss or activation became NaN or inf."""
+
+
+class CorruptFileError(CheckpointError):
+    """A file of a run is damaged: truncated, unparseable, or failing its content hash."""
+
+
+class RunInUseError(IclLabError):
+    """Another trainer holds the run directory's lock."""
+
+
+class StorageError(IclLabError):
+    """A file could not be written: the disk is full, read-only or failing."""
+
+
+class IclLabWarning(UserWarning):
+    """Something went wrong and was handled (a torn log line dropped, a corrupt checkpoint skipped);
+    the CLI prints it as one line."""

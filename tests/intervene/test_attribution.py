@@ -112,3 +112,20 @@ def test_shares_of_an_icl_score_within_noise_are_left_empty():
     frac = [r for r in rows if r["metric"].endswith("icl_removed_fraction")]
     assert frac[0]["value"] == pytest.approx(0.9, abs=1e-5) and frac[0]["lo"] <= 0.9 + 1e-5 <= frac[0]["hi"] + 2e-5
     assert frac[1]["value"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_analyze_and_ablate_at_the_same_time_keep_both_sides_rows(tmp_path):
+    cfg = icl_lab.get_preset("synthetic-2l").replace(train={"steps": 200, "n_checkpoints": 12, "warmup_steps": 20})
+    run = icl_lab.train(cfg, out=tmp_path / "r")
+    from icl_lab.measure import analyze
+
+    analyze([run], n_examples=32)  # ablate reads the stored evaluation set
+    cli = [sys.executable, "-m", "icl_lab.cli"]
+    procs = [subprocess.Popen([*cli, "analyze", str(run.path), "--examples", "32"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE),
+             subprocess.Popen([*cli, "ablate", str(run.path), "--kind", "zero"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)]
+    for p in procs:
+        assert p.wait(120) == 0, p.stderr.read().decode()
+    table = run.metrics()
+    steps = set(run.checkpoints)
+    assert set(table[table.metric == "prefix_matching"].step) == steps
+    assert set(table[table.metric == "ablation.zero.pattern_preserving.icl_removed_fraction"].step) == steps

@@ -4,6 +4,7 @@ start with that BOS, and evaluating it on another tokenizer fails in one line. N
 downloaded."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -63,6 +64,12 @@ def test_the_folder_tokenizer_and_bos_are_the_runs(tmp_path, texts):
     assert (windows[:, 0] == 2).all() and (windows[:, 1:] >= len(SPECIALS)).all()  # BOS, then text only
     assert set(tokens.tokenizer.decode(windows[0, 1:].tolist()).split()) <= set(WORDS)
     check_eval_data(run)  # the evaluation text is the model's
+
+    # the config names the tokenizer relative to the run, so the run can move
+    assert json.loads(run.layout.config.read_text())["data"]["tokenizer_file"] == "tokenizer.json"
+    moved = load_run(shutil.copytree(run.path, tmp_path / "moved"))
+    assert moved.config.data.tokenizer_file == str(tmp_path / "moved" / "tokenizer.json")
+    check_eval_data(moved)
 
     # data.tokenizer_file pointed at another tokenizer: the fix names the run's own file
     other = Tokenizer("bpe", {"hf": _tokenizer(WORDS[::-1]).to_str()}).save(tmp_path / "other.json")

@@ -3,6 +3,7 @@
 import http.client
 import json
 import threading
+import time
 
 import pytest
 
@@ -21,11 +22,20 @@ def server(runs_dir):
     srv.server_close()
 
 
-def get(server, path: str) -> tuple[int, str]:
-    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
-    conn.request("GET", path)  # sent as written: no client-side normalisation of ".."
-    r = conn.getresponse()
-    return r.status, r.read().decode()
+def get(server, path: str, host: str | None = None, wait: bool = True) -> tuple[int, str]:
+    """GET `path`; with `wait`, until a report that is being built is there (reports build in the background)."""
+    deadline = time.monotonic() + 120
+    while True:
+        conn = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+        conn.putrequest("GET", path, skip_host=host is not None)  # sent as written: no client-side normalisation of ".."
+        if host is not None:
+            conn.putheader("Host", host)
+        conn.endheaders()
+        r = conn.getresponse()
+        status, body = r.status, r.read().decode()
+        if not (wait and "is being built" in body) or time.monotonic() > deadline:
+            return status, body
+        time.sleep(0.2)
 
 
 def test_lists_runs(server, runs_dir):
@@ -68,3 +78,38 @@ def test_bad_folder_or_port_is_a_clear_error(tmp_path, server):
         make_server(tmp_path / "missing")
     with pytest.raises(ConfigError, match="pass another --port"):
         make_server(tmp_path, port=server.server_address[1])
+
+
+def test_refuses_remote_hosts_unless_allowed(tmp_path):
+    with pytest.raises(ConfigError, match="refusing to serve on 0.0.0.0.*--allow-remote"):
+        make_server(tmp_path, host="0.0.0.0", port=0)
+    srv = make_server(tmp_path, host="0.0.0.0", port=0, allow_remote=True)
+    srv.server_close()
+
+
+def test_answers_only_its_own_host_name(server):
+    port = server.server_address[1]
+    assert get(server, "/api/runs", host=f"127.0.0.1:{port}")[0] == 200
+    assert get(server, "/api/runs", host=f"localhost:{port}")[0] == 200
+    status, page = get(server, "/api/runs", host=f"evil.example:{port}")  # a DNS-rebinding page's request
+    assert status == 421 and "answers as" in page
+    assert get(server, "/api/runs", host="127.0.0.1:1")[0] == 421
+
+
+def test_a_bug_is_a_500_page_without_a_traceback(server, monkeypatch):
+    def broken(self):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(type(server), "report", lambda self, rel: broken(self))
+    status, page = get(server, "/report/demo/two")
+    assert status == 500 and "RuntimeError" in page and "Traceback" not in page
+
+
+def test_the_request_never_builds_the_report(server, two):
+    two.layout.log.touch()  # the cached page is stale now
+    t0 = time.monotonic()
+    status, page = get(server, "/report/demo/two", wait=False)
+    assert status == 200 and "is being built" in page and 'http-equiv="refresh"' in page
+    assert time.monotonic() - t0 < 2.0
+    status, page = get(server, "/report/demo/two")  # and the page arrives once built
+    assert status == 200 and "icl-lab report: two" in page

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from icl_lab._config import FrozenConfig
+from icl_lab.data.modular import ModularConfig
 from icl_lab.data.oocr import OOCRConfig
 
 
@@ -23,6 +24,8 @@ class DataConfig(FrozenConfig):
             token, and "mixture" — those three plus "repeated", one per sequence
             (`icl_lab.data.tasks`; they always start with BOS and have no random prefix).
             "oocr" — out-of-context reasoning facts, described by `oocr` (`icl_lab.data.oocr`).
+            "modular" — `a b = c` with c = (a + b) mod p, the grokking task, described by `modular`
+            (`icl_lab.data.modular`).
         min_period, max_period: range of the repeated segment's length (inclusive).
         max_offset: the random prefix before the first copy has 0..max_offset tokens.
         bos: start every synthetic sequence with token 0 (then content tokens are 1..d_vocab-1).
@@ -41,11 +44,12 @@ class DataConfig(FrozenConfig):
             n_ctx - 1 text tokens, in training and evaluation alike (as TransformerLens's
             prepend_bos). `icl_lab.data.text.bos_token` resolves the id.
         oocr: the out-of-context reasoning task, for kind "oocr".
+        modular: the modulus, training share and split seed, for kind "modular".
         eval_ctx: length of the evaluation windows `analyze` uses; 0 means model.n_ctx (imported
             models with long contexts evaluate at 512, as Olsson et al.).
     """
 
-    kind: Literal["repeated", "uniform", "text", "translation", "fuzzy", "pattern", "mixture", "oocr"] = "repeated"
+    kind: Literal["repeated", "uniform", "text", "translation", "fuzzy", "pattern", "mixture", "oocr", "modular"] = "repeated"
     min_period: int = Field(default=4, ge=1)
     max_period: int = Field(default=20, ge=1)
     max_offset: int = Field(default=16, ge=0)
@@ -57,6 +61,7 @@ class DataConfig(FrozenConfig):
     bos_id: int | None = Field(default=None, ge=0)
     prepend_bos: bool = True
     oocr: OOCRConfig = OOCRConfig()
+    modular: ModularConfig = ModularConfig()
 
     @model_validator(mode="after")
     def _check(self):

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from icl_lab.data.config import DataConfig
+from icl_lab.data.modular import task_problem as modular_problem
 from icl_lab.data.oocr import task_problem as oocr_problem
 from icl_lab.data.tasks import TASKS, sample_task, task_problem
 from icl_lab.errors import DataError
@@ -66,9 +67,9 @@ class SyntheticStream:
     def fingerprint(self, seed: int) -> str:
         """A hash of the config, the generator version and the first batch for `seed`."""
         probe = sample_batch(self.cfg, self.d_vocab, self.n_ctx, self.batch_size, torch.Generator().manual_seed(seed))
-        # the text-only BOS fields do not change synthetic data (BOS is token 0), so they stay out
-        # and fingerprints from before they existed still match
-        cfg = self.cfg.model_dump_json(exclude={"bos_id", "prepend_bos"})
+        # the text-only BOS fields and the modular task do not change synthetic data (BOS is token
+        # 0), so they stay out and fingerprints from before they existed still match
+        cfg = self.cfg.model_dump_json(exclude={"bos_id", "prepend_bos", "modular"})
         h = hashlib.sha256(f"{GENERATOR_VERSION}|{cfg}|{self.d_vocab}|{self.n_ctx}".encode())
         h.update(probe.tokens.numpy().tobytes())
         return f"sha256:{h.hexdigest()[:32]}"
@@ -82,6 +83,8 @@ def shape_problem(cfg: DataConfig, d_vocab: int, n_ctx: int) -> str | None:
         return task_problem(d_vocab, n_ctx, cfg.min_period)
     if cfg.kind == "oocr":
         return oocr_problem(cfg.oocr, d_vocab, n_ctx)
+    if cfg.kind == "modular":
+        return modular_problem(cfg.modular, d_vocab, n_ctx)
     first = 1 if cfg.bos else 0
     if d_vocab - first < 2:
         return f"d_vocab={d_vocab} leaves fewer than 2 content tokens; raise d_vocab"
@@ -99,6 +102,9 @@ def sample_batch(cfg: DataConfig, d_vocab: int, n_ctx: int, batch_size: int, gen
         raise DataError("sample_batch draws synthetic data; for text use icl_lab.data.open_stream or text.sample_windows")
     if cfg.kind == "oocr":
         raise DataError("out-of-context reasoning runs draw their facts from icl_lab.data.open_stream (OOCRStream)")
+    if cfg.kind == "modular":
+        raise DataError("modular-addition runs draw their pairs from icl_lab.data.open_stream (ModularStream); "
+                        "measure one with `icl-lab grok --run RUN`")
     if cfg.kind in (*TASKS, "mixture"):
         task = sample_task(cfg.kind, d_vocab, n_ctx, batch_size, gen, cfg.min_period, cfg.max_period)
         return Batch(tokens=task.tokens, repeat_mask=task.target_mask)

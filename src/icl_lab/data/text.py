@@ -121,9 +121,47 @@ def load_tokens(cfg: DataConfig, d_vocab: int, build: bool = True) -> TokenSet:
     out = cache_dir() / "tokens" / f"{corpus.name}-{tok.fingerprint().split(':')[1][:16]}"
     if not (out / "meta.json").is_file():
         _tokenize(out, corpus, tok)
-    meta = json.loads((out / "meta.json").read_text())
-    train, val = (np.memmap(out / f"{s}.bin", dtype=meta["dtype"], mode="r") for s in ("train", "val"))
-    return TokenSet(train, val, tok, meta["fingerprint"], corpus, bos_token(cfg, tok))
+    fingerprint, train, val = _read_cache(out)
+    return TokenSet(train, val, tok, fingerprint, corpus, bos_token(cfg, tok))
+
+
+_VERIFIED: set[tuple] = set()  # caches whose arrays matched their fingerprint in this process (path, fingerprint, size, mtime, inode)
+
+
+def _read_cache(out: Path) -> tuple[str, np.ndarray, np.ndarray]:
+    """The fingerprint and [token] arrays of a token cache, checked against its meta.json: dtype,
+    token counts, and (once per process and file version) the sha256 of the arrays.
+
+    Raises:
+        DataError: the cache is damaged; the message says to delete it (it is rebuilt on next use).
+    """
+    fix = f"delete {out} (it is rebuilt on next use)"
+    try:
+        meta = json.loads((out / "meta.json").read_bytes().decode("utf-8"))
+        dtype = np.dtype({"uint16": np.uint16, "uint32": np.uint32}[meta["dtype"]])
+        counts = [int(meta[f"{split}_tokens"]) for split in ("train", "val")]
+        fingerprint = meta["fingerprint"]
+        if not isinstance(fingerprint, str) or min(counts) < 0:
+            raise ValueError("bad field")
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+        raise DataError(f"token cache {out.name} is damaged (meta.json: {type(e).__name__}); {fix}") from None
+    arrays, stamp = [], [str(out), fingerprint]
+    for split, count in zip(("train", "val"), counts):
+        path = out / f"{split}.bin"
+        stat = path.stat() if path.is_file() else None
+        if stat is None or stat.st_size != count * dtype.itemsize:
+            have = "missing" if stat is None else f"{stat.st_size} bytes"
+            raise DataError(f"token cache {out.name} is damaged ({split}.bin is {have}, meta.json says {count} tokens); {fix}")
+        arrays.append(np.memmap(path, dtype=dtype, mode="r") if count else np.zeros(0, dtype))
+        stamp += [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    if tuple(stamp) not in _VERIFIED:
+        digest = hashlib.sha256()
+        for arr in arrays:
+            digest.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
+        if "sha256:" + digest.hexdigest()[:32] != fingerprint:
+            raise DataError(f"token cache {out.name} is damaged (its arrays do not match its fingerprint); {fix}")
+        _VERIFIED.add(tuple(stamp))
+    return fingerprint, arrays[0], arrays[1]
 
 
 def repeat_mask(tokens: Tensor) -> Tensor:

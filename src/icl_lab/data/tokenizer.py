@@ -58,6 +58,9 @@ class Tokenizer:
             import tiktoken
 
             ranks = {base64.b64decode(tok): int(rank) for tok, rank in (line.split() for line in state["tiktoken_bpe"].splitlines() if line)}
+            if len(set(ranks.values())) != len(ranks) or not all(0 <= r < 50256 for r in ranks.values()) \
+                    or any(bytes([b]) not in ranks for b in range(256)):  # tiktoken itself would panic (a Rust abort)
+                raise DataError("tiktoken_bpe lacks a byte, or has repeated or out-of-range ranks")
             self.tt = tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 50256})
             self.vocab_size, self.eot = 50257, 50256
         else:
@@ -103,11 +106,38 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
+        """Read a tokenizer file written by `save`.
+
+        Raises:
+            DataError: the file is missing, or damaged (not JSON, or not a tokenizer of its kind).
+        """
+        fix = "restore it, or delete it to have it trained again (a run's own: train or import the run again)"
         try:
-            state = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataError(f"cannot read tokenizer {path} ({e}); rebuild it with `icl-lab data build`") from None
-        return cls(state.pop("kind"), state)
+            state = json.loads(Path(path).read_bytes().decode("utf-8"))
+        except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise DataError(f"cannot read tokenizer {path} ({(str(e).splitlines() or [''])[0][:80]}); {fix}") from None
+        problem = _state_problem(state)
+        if problem is None:
+            try:
+                return cls(state.pop("kind"), state)
+            except Exception as e:  # noqa: BLE001 - the HF and tiktoken parsers raise bare Exception on bad input
+                problem = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:60]}"
+        raise DataError(f"tokenizer {path} is damaged ({problem}); {fix}")
+
+
+def _state_problem(state) -> str | None:
+    """Why a tokenizer file's JSON is not a tokenizer's state, or None."""
+    if not isinstance(state, dict) or state.get("kind") not in KINDS:
+        return "no known kind"
+    field = {"char": "chars", "bpe": "hf", "gpt2": "tiktoken_bpe"}.get(state["kind"])
+    if field is None:
+        return None
+    value = state.get(field)
+    if state["kind"] == "char":
+        ok = isinstance(value, list) and value and all(isinstance(c, str) and c for c in value)
+    else:
+        ok = isinstance(value, str)
+    return None if ok else f"{field} is missing or malformed"
 
 
 def _train_bpe(corpus: Path, vocab_size: int) -> dict:

@@ -15,8 +15,7 @@ import torch
 
 from icl_lab.errors import CheckpointError
 from icl_lab.intervene.ablate import KINDS, ablate_heads, all_heads
-from icl_lab.io import atomic_write
-from icl_lab.measure.analyze import COLUMNS, analyze
+from icl_lab.measure.analyze import analyze
 from icl_lab.measure.evalset import EvalSet, load_eval_set
 from icl_lab.measure.intervals import is_noise, mean_interval, removed_fraction_interval
 from icl_lab.measure.placement import place
@@ -24,6 +23,7 @@ from icl_lab.measure.losses import icl_positions
 from icl_lab.model.transformer import Transformer
 from icl_lab.run.rundir import Run
 from icl_lab.train.checkpoint import load_weights
+from icl_lab.train.trainer import library_versions
 
 FORMS = {"pattern_preserving": True, "full": False}
 PREFIX = "ablation."  # metric names: ablation.{kind}.{form}.{icl_removed_fraction|icl_delta|before_after_projection}
@@ -76,16 +76,18 @@ def _head_rows(base: dict, prefix: str, heads, icl: torch.Tensor, ptl: np.ndarra
 
 def is_ablated(run: Run, kinds: tuple[str, ...] = KINDS) -> bool:
     """Whether the run's metrics table already holds ablation rows of every kind in `kinds` for
-    every checkpoint, written after the latest checkpoint."""
+    every checkpoint, written after the latest checkpoint on the evaluation set the analysis
+    stored now (an ablation on an older evaluation set is stale)."""
     steps = run.checkpoints
-    if not steps or not run.layout.metrics.is_file():
+    if not steps or not run.store.exists() or not run.layout.eval_set.is_file():
         return False
     if run.layout.metrics.stat().st_mtime < run.layout.checkpoint(steps[-1]).stat().st_mtime:
         return False
-    table = pd.read_parquet(run.layout.metrics, columns=["step", "metric"])
+    table = run.store.read(["step", "metric"])
+    current = run.summary().get("provenance", {}).get("eval_set") if run.layout.summary.is_file() else None
     for kind in kinds:
-        rows = table[table.metric == f"{PREFIX}{kind}.pattern_preserving.icl_removed_fraction"]
-        if set(rows.step) != set(steps):
+        metric = f"{PREFIX}{kind}.pattern_preserving.icl_removed_fraction"
+        if set(table[table.metric == metric].step) != set(steps) or run.store.provenance(metric).get("eval_set") != current:
             return False
     return True
 
@@ -108,8 +110,6 @@ def ablate_run(run: Run, kinds: tuple[str, ...] = KINDS, n_examples: int = 256, 
     if not run.layout.eval_set.is_file() or not run.layout.metrics.is_file():
         analyze([run], n_examples=n_examples, device=device, dtype=dtype)
     ev = load_eval_set(run)
-    table = run.metrics()
-    table = table[~table.metric.str.startswith(tuple(f"{PREFIX}{k}." for k in kinds))]  # other kinds' rows stay
     ba = json.loads(run.layout.before_after.read_text())["vector"] if run.layout.before_after.is_file() else None
     before_after = np.asarray(ba) if ba is not None and len(ba) == len(ev.tokens) else None
     model = place(Transformer(run.config.model), device, dtype)
@@ -120,14 +120,12 @@ def ablate_run(run: Run, kinds: tuple[str, ...] = KINDS, n_examples: int = 256, 
         rows += _rows(run, model.eval(), ev, step, kinds, before_after)
         if progress is not None:
             progress(run.path.name, i + 1, len(steps))
-    new = pd.DataFrame(rows).astype({"layer": "Int64", "head": "Int64"})
-    new["position"] = pd.array([pd.NA] * len(new), dtype="Int64")
-    new["baseline"] = np.nan
-    for col in COLUMNS:
-        if col not in table:
-            table[col] = np.nan
-    merged = pd.concat([table[COLUMNS], new[COLUMNS]], ignore_index=True)
-    atomic_write(run.layout.metrics, lambda p: merged.to_parquet(p, index=False))
+    new = pd.DataFrame(rows)
+    # this run's rows of these kinds are replaced; other kinds' and other stages' rows stay
+    mine = {f"{PREFIX}{k}.{f}.{name}" for k in kinds for f in FORMS
+            for name in ("icl_removed_fraction", "icl_delta", "before_after_projection")}
+    settings = {"eval_set": ev.fingerprint, "versions": library_versions(), "n_examples": len(ev.tokens)}
+    merged = run.store.write(new, clear=mine, provenance={m: settings for m in mine})
     return ablation_summary(run, merged)
 
 

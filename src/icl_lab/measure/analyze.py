@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from icl_lab.errors import ConfigError
-from icl_lab.io import atomic_write, write_json
+from icl_lab.io import write_json
 from icl_lab.measure.circuits import ov_eigen_positivity
 from icl_lab.measure.copying import copying_direct_scores, copying_olsson_scores, copying_scores
 from icl_lab.measure.evalset import EVAL_SEED, EvalSet, eval_context, make_eval_set, save_eval_set
@@ -32,12 +32,12 @@ from icl_lab.measure.phase import detect_phase_change
 from icl_lab.measure.placement import place
 from icl_lab.model.transformer import Transformer
 from icl_lab.run.rundir import Run, check_eval_data
+from icl_lab.run.store import COLUMNS
 from icl_lab.train.checkpoint import load_weights
 from icl_lab.train.trainer import library_versions
 
 HEAD_METRICS = ("prefix_matching", "previous_token", "duplicate_token", "copying", "copying_direct", "copying_olsson",
                 "ov_eigen_positivity")
-COLUMNS = ["run", "step", "tokens", "metric", "layer", "head", "position", "value", "baseline", "lo", "hi"]
 ANALYSIS_VERSION = 2  # bump when a definition changes: `--reuse` then redoes older analyses
 MIN_PHASE_CHECKPOINTS = 4
 PREVIOUS_TOKEN_EXAMPLES = 64
@@ -233,15 +233,9 @@ def _with_pca(run: Run, table: pd.DataFrame, steps: list[int], coords: np.ndarra
 
 def _write(run: Run, table: pd.DataFrame, summary: dict, vecs: np.ndarray, steps: list[int], ev: EvalSet) -> None:
     layout = run.layout
-    if layout.metrics.is_file():  # keep rows other stages added (e.g. `icl-lab ablate`): nothing written is lost
-        old = pd.read_parquet(layout.metrics)
-        old = old[~old.metric.isin(set(table.metric))]
-        for col in COLUMNS:
-            if col not in old:
-                old[col] = np.nan
-        if len(old):
-            table = pd.concat([table, old[COLUMNS]], ignore_index=True)
-    atomic_write(layout.metrics, lambda p: table.to_parquet(p, index=False))
+    # replace this stage's metrics (every step), keep rows other stages added (e.g. `icl-lab ablate`)
+    settings = {**summary["provenance"], "n_examples": len(ev.tokens), "induction_rule": summary["induction_rule"]}
+    run.store.write(table, clear=set(table.metric), provenance={m: settings for m in table.metric.unique()})
     save_eval_set(run, ev)
     phase = summary["phase_change"]
     if phase["detected"]:

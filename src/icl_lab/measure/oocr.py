@@ -15,7 +15,7 @@ from torch import Tensor
 
 from icl_lab.data.oocr import OOCRTask, build_task
 from icl_lab.errors import ConfigError
-from icl_lab.io import atomic_write, write_json
+from icl_lab.io import write_json
 from icl_lab.model.transformer import Transformer
 from icl_lab.run.rundir import Run
 from icl_lab.train.checkpoint import load_weights
@@ -83,16 +83,8 @@ def evaluate_run(run: Run, progress: Progress | None = None) -> dict:
         if progress is not None:
             progress(run.path.name, i + 1, len(steps))
     table = pd.DataFrame(rows)
-    for col in ("layer", "head", "position"):
-        table[col] = pd.array([pd.NA] * len(table), dtype="Int64")
-    table["baseline"] = float("nan")
-    table = table[["run", "step", "tokens", "metric", "layer", "head", "position", "value", "baseline"]]
-    if run.layout.metrics.is_file():
-        old = pd.read_parquet(run.layout.metrics)
-        old = old[~old.metric.str.startswith(PREFIX)]
-        table = pd.concat([old, table], ignore_index=True) if len(old) else table
-    run.layout.metrics.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(run.layout.metrics, lambda p: table.to_parquet(p, index=False))
+    stored = run.store.read(["metric"]).metric.unique() if run.store.exists() else []
+    run.store.write(table, clear={m for m in stored if m.startswith(PREFIX)} | set(table.metric))
     summary = {"task": cfg.data.oocr.task, "run": str(run.path), "step": steps[-1],
                "splits": {s: v["accuracy"] for s, v in scores.items()}, "loss": {s: v["loss"] for s, v in scores.items()},
                "chance": task.chance}

@@ -40,6 +40,10 @@ class ModelConfig(FrozenConfig):
         rotary_base: base of the rotary frequencies.
         rotary_dim: how many leading dimensions of each head rotary positions rotate; 0 means all
             (GPT-NeoX / Pythia rotate a quarter).
+        loss_dtype: precision of the log-softmax in `per_token_loss` (the logits themselves are
+            unchanged). "fp64" as Nanda et al.'s grokking runs: in float32 a very confident
+            prediction's loss is a multiple of 1.2e-7 and its gradient is biased, so a model that
+            fits its training set perfectly sees loss spikes and its weights stop shrinking.
     """
 
     n_layers: int = Field(ge=1, le=64)
@@ -60,6 +64,7 @@ class ModelConfig(FrozenConfig):
     init_std: float = Field(default=0.0, ge=0)
     rotary_base: float = Field(default=10000.0, gt=0)
     rotary_dim: int = Field(default=0, ge=0)
+    loss_dtype: Literal["fp32", "fp64"] = "fp32"
 
     @model_validator(mode="before")
     @classmethod

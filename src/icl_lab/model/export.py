@@ -14,12 +14,13 @@ from icl_lab.model.transformer import Transformer
 _TL_NAMES = {"embed.W_E": "W_E", "pos_embed.W_pos": "W_pos", "unembed.W_U": "W_U", "unembed.b_U": "b_U"}
 
 # Every ModelConfig option this export knows: mapped below, refused in `_refusal`, or without effect
-# on a built model (init_std only draws the initial weights). An option missing here is refused
-# unless it has its default value, so a new option can never slip through as a different model.
+# on a built model (init_std only draws the initial weights, loss_dtype only sets the loss's
+# precision). An option missing here is refused unless it has its default value, so a new option
+# can never slip through as a different model.
 _KNOWN_OPTIONS = frozenset({
     "n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx", "positional",
     "normalization", "norm_eps", "bias", "smeared_key", "act_fn", "gated_mlp", "parallel_attn_mlp",
-    "init_std", "rotary_base", "rotary_dim",
+    "init_std", "rotary_base", "rotary_dim", "loss_dtype",
 })
 
 

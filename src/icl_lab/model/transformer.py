@@ -187,7 +187,8 @@ class Transformer(HookedRootModule):
         # score every position against a target padded with ignore_index, then drop the last:
         # slicing the small loss instead of the logits avoids a logits-sized zero-fill in backward
         targets = F.pad(tokens[:, 1:], (0, 1), value=-100)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none", ignore_index=-100)
+        dtype = torch.float64 if self.cfg.loss_dtype == "fp64" else torch.float32
+        loss = F.cross_entropy(logits.flatten(0, 1).to(dtype), targets.flatten(), reduction="none", ignore_index=-100)
         return loss.view(tokens.shape)[:, :-1]
 
     def loss(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, ""]:

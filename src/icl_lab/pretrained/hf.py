@@ -181,7 +181,7 @@ def import_model(path: str | Path, out: str | Path, sequences_per_step: int | No
     experiment = ExperimentConfig.parse(dict(
         name=f"import-{path.stem}", model=cfg.model_dump(),
         data=dict(kind="text", corpus=corpus, tokenizer=fallback, eval_ctx=min(cfg.n_ctx, EVAL_CTX), bos_id=bos_id, prepend_bos=prepend,
-                  tokenizer_file=str(tok.save(layout.tokenizer).resolve()) if tok is not None else ""),
+                  tokenizer_file=tok.save(layout.tokenizer).name if tok is not None else ""),  # relative: the run can move
         train=dict(steps=max(max(steps), 1), batch_size=per_step, warmup_steps=0, n_checkpoints=max(len(steps), 2))),
         where="imported run")
     write_json(layout.config, experiment.model_dump(mode="json"))

@@ -189,7 +189,7 @@ def collect_oocr(run: Run) -> dict | None:
     """An out-of-context reasoning run's summary and per-checkpoint accuracy, once scored."""
     if not run.layout.oocr.is_file():
         return None
-    table = pd.read_parquet(run.layout.metrics, columns=["step", "tokens", "metric", "value"])
+    table = run.store.read(["step", "tokens", "metric", "value"])
     table = table[table.metric.str.startswith("oocr.accuracy.")].copy()
     table["split"] = table.metric.str.removeprefix("oocr.accuracy.")
     return {**json.loads(run.layout.oocr.read_text()), "accuracy": table.drop(columns="metric")}

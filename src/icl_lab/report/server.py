@@ -1,7 +1,15 @@
 """`icl-lab serve RUNS_DIR`: a small local web server that lists the runs under RUNS_DIR and opens
 their reports, rebuilt when a run's files change, so a page left open follows a run as it trains.
-It binds 127.0.0.1 by default and serves nothing outside RUNS_DIR: a path that resolves outside it
-(`..`, a symlink out) is refused with 403.
+
+It is built for one researcher's machine:
+- it binds 127.0.0.1 by default and refuses any other address unless `allow_remote` is given
+  (there is no authentication);
+- it answers only requests whose Host header names this server (a DNS-rebinding page cannot
+  reach it through another name), with 421 otherwise;
+- it serves nothing outside RUNS_DIR: a path that resolves outside it (`..`, a symlink out) gets 403;
+- any error becomes a one-line 500 page, never a traceback;
+- reports are built in a background thread, never in the request: a request for a report that
+  is not built yet gets a page that says so and reloads itself.
 
 Routes: `/` the run list (reloads while a run trains), `/api/runs` the same as JSON, `/report/REL`
 the report of the run REL, or of every run directly inside the folder REL.
@@ -15,7 +23,9 @@ Example:
 from __future__ import annotations
 
 import html
+import ipaddress
 import json
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +40,17 @@ from icl_lab.run.rundir import Run, load_run
 
 MAX_DEPTH = 4  # how deep under RUNS_DIR runs are looked for
 REFRESH_S = 10  # reload interval of pages that show a training run
+BUILDING_REFRESH_S = 2  # reload interval of the page shown while a report is being built
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) is this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -62,15 +83,26 @@ def run_record(root: Path, path: Path) -> dict:
 
 
 class ReportServer(ThreadingHTTPServer):
-    """Serves the run list and reports of `root`; caches each report until its runs change."""
+    """Serves the run list and reports of `root`; caches each report until its runs change, and
+    builds reports in one background thread."""
 
     daemon_threads = True
 
     def __init__(self, root: Path, address: tuple[str, int]) -> None:
         self.root = root.resolve()
         self.cache: dict[str, tuple[tuple, str]] = {}
-        self.lock = threading.Lock()  # one report build at a time: builds use all cores anyway
+        self.failed: dict[str, tuple[tuple, str]] = {}  # rel -> (key, one-line reason) of the last failed build
+        self.building: set[str] = set()
+        self.lock = threading.Lock()  # guards the three dicts; one build at a time (builds use every core)
+        self.build_lock = threading.Lock()
         super().__init__(address, ReportHandler)
+        host, port = self.server_address[:2]
+        names = {"127.0.0.1", "localhost", "[::1]", host if ":" not in host else f"[{host}]"}
+        self.allowed_hosts = None if host in ("0.0.0.0", "::") else {f"{n}:{port}" for n in names}
+
+    def host_allowed(self, header: str | None) -> bool:
+        """Whether a request's Host header names this server (any, when bound to every address)."""
+        return self.allowed_hosts is None or (header or "").lower() in self.allowed_hosts
 
     def resolve(self, rel: str) -> Path:
         """`rel` under the root, or ConfigError if it points outside it."""
@@ -80,7 +112,12 @@ class ReportServer(ThreadingHTTPServer):
             raise PermissionError(rel)
         return target
 
-    def report(self, rel: str) -> str:
+    def report(self, rel: str) -> str | None:
+        """The report page of `rel` if it is built and up to date, else None (a build is started).
+
+        Raises:
+            ConfigError: no run at `rel`, or the last build of this version of it failed.
+        """
         target = self.resolve(rel)
         if not target.is_dir():
             raise ConfigError(f"no run at {rel or '.'}")
@@ -90,12 +127,31 @@ class ReportServer(ThreadingHTTPServer):
         runs = [load_run(p) for p in paths]
         key = tuple(_fingerprint(r) for r in runs)
         with self.lock:
-            cached = self.cache.get(rel)
-            if cached is None or cached[0] != key:
+            cached, failed = self.cache.get(rel), self.failed.get(rel)
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            if failed is not None and failed[0] == key:
+                raise ConfigError(failed[1])
+            if rel not in self.building:
+                self.building.add(rel)
+                threading.Thread(target=self._build, args=(rel, runs, key), daemon=True).start()
+        return None
+
+    def _build(self, rel: str, runs: list[Run], key: tuple) -> None:
+        try:
+            with self.build_lock:
                 live = any(is_training(r) for r in runs)
                 page, _, _ = build_report(runs, refresh_s=REFRESH_S if live else None)
-                self.cache[rel] = cached = (key, page)
-        return cached[1]
+            with self.lock:
+                self.cache[rel] = (key, page)
+        except Exception as e:  # noqa: BLE001 — a failed build is shown on the page, not raised in a thread
+            reason = str(e).splitlines()[0] if isinstance(e, IclLabError) else f"building the report failed ({type(e).__name__}: {e})"
+            print(f"icl-lab serve: {rel or '.'}: {reason}", file=sys.stderr)
+            with self.lock:
+                self.failed[rel] = (key, reason)
+        finally:
+            with self.lock:
+                self.building.discard(rel)
 
 
 def _fingerprint(run: Run) -> tuple:
@@ -121,6 +177,11 @@ class ReportHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = unquote(urlsplit(self.path).path)
+        if not self.server.host_allowed(self.headers.get("Host")):
+            host, port = self.server.server_address[:2]
+            self._send(HTTPStatus.MISDIRECTED_REQUEST,
+                       _message("wrong host", f"this server answers as http://{host}:{port}/ only"))
+            return
         try:
             if path in ("/", "/index.html"):
                 self._send(HTTPStatus.OK, self._index())
@@ -129,13 +190,19 @@ class ReportHandler(BaseHTTPRequestHandler):
             elif path == "/api/runs":
                 self._send(HTTPStatus.OK, json.dumps(self._records()), "application/json")
             elif path.startswith("/report"):
-                self._send(HTTPStatus.OK, self.server.report(path.removeprefix("/report").strip("/")))
+                rel = path.removeprefix("/report").strip("/")
+                page = self.server.report(rel)
+                self._send(HTTPStatus.OK, page if page is not None else _building(rel))
             else:
                 self._send(HTTPStatus.NOT_FOUND, _message("not found", f"no page at {path}"))
         except PermissionError:
             self._send(HTTPStatus.FORBIDDEN, _message("refused", f"{path} is outside the served runs folder"))
         except IclLabError as e:
             self._send(HTTPStatus.NOT_FOUND, _message("not found", str(e)))
+        except Exception as e:  # noqa: BLE001 — a bug must cost one request a 500 page, never a traceback
+            print(f"icl-lab serve: {path}: {type(e).__name__}: {e}", file=sys.stderr)
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, _message("server error", f"{type(e).__name__} while serving {path}; "
+                                                                  "the terminal running `icl-lab serve` has the details"))
 
     def _records(self) -> list[dict]:
         return [run_record(self.server.root, p) for p in find_runs(self.server.root)]
@@ -164,19 +231,34 @@ def _page(title: str, body: str, head: str = "") -> str:
             f"<main>{body}</main></body></html>")
 
 
+def _building(rel: str) -> str:
+    return _page("building the report", f"<section><p>The report of {html.escape(rel or '.')} is being built; this page "
+                 f"reloads every {BUILDING_REFRESH_S} s.</p><p><a href='/'>all runs</a></p></section>",
+                 f'<meta http-equiv="refresh" content="{BUILDING_REFRESH_S}">')
+
+
 def _message(title: str, text: str) -> str:
     return _page(title, f"<section><p>{html.escape(text)}</p><p><a href='/'>all runs</a></p></section>")
 
 
-def make_server(runs_dir: str | Path, host: str = "127.0.0.1", port: int = 8000) -> ReportServer:
+def make_server(runs_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, allow_remote: bool = False) -> ReportServer:
     """A `ReportServer` for `runs_dir` bound to host:port (not yet serving; call `serve_forever`).
 
+    Args:
+        host: the address to bind; anything but a loopback address needs `allow_remote`.
+        allow_remote: serve other machines too (there is no authentication: anyone who can reach
+            the port can read every report under `runs_dir`).
+
     Raises:
-        ConfigError: `runs_dir` is not a folder, or the port is taken.
+        ConfigError: `runs_dir` is not a folder, a non-loopback host without `allow_remote`, or
+            the port is taken.
     """
     root = Path(runs_dir)
     if not root.is_dir():
         raise ConfigError(f"{root} is not a folder; pass the folder that holds your run directories")
+    if not is_loopback(host) and not allow_remote:
+        raise ConfigError(f"refusing to serve on {host}, which other machines can reach, without authentication; "
+                          "use --host 127.0.0.1, or pass --allow-remote if you mean it")
     try:
         return ReportServer(root, (host, port))
     except OSError as e:

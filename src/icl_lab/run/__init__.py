@@ -1,6 +1,8 @@
-"""The run stage: open a run directory written by the trainer and rebuild its models and logs.
+"""The run stage: open a run directory written by the trainer, rebuild its models and logs, and
+own its metrics table (`MetricsStore`).
 After `train` in the flow data -> model -> train -> run -> measure."""
 
 from icl_lab.run.rundir import Run, check_eval_data, load_run
+from icl_lab.run.store import MetricsStore
 
-__all__ = ["Run", "check_eval_data", "load_run"]
+__all__ = ["MetricsStore", "Run", "check_eval_data", "load_run"]

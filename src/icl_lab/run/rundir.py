@@ -20,9 +20,11 @@ from icl_lab.data.text import load_tokens
 from icl_lab.data.tokenizer import Tokenizer
 from icl_lab.errors import CheckpointError, DataError
 from icl_lab.model.transformer import Transformer
+from icl_lab.run.store import MetricsStore
 from icl_lab.train.checkpoint import load_weights
 from icl_lab.train.config import ExperimentConfig
 from icl_lab.train.layout import RunLayout
+from icl_lab.train.records import LOG_FIELDS, read_log, read_meta
 
 
 class Run:
@@ -41,13 +43,22 @@ class Run:
 
     @cached_property
     def config(self) -> ExperimentConfig:
-        """The run's `ExperimentConfig`."""
-        return ExperimentConfig.load(self.layout.config)
+        """The run's `ExperimentConfig`. A relative `data.tokenizer_file` (an import's own
+        tokenizer, "tokenizer.json") is resolved against the run directory, so a run can move."""
+        cfg = ExperimentConfig.load(self.layout.config)
+        file = cfg.data.tokenizer_file
+        if file and not Path(file).is_absolute():
+            cfg = cfg.replace(data={"tokenizer_file": str(self.path / file)})
+        return cfg
 
     @property
     def meta(self) -> dict:
-        """Seed, library versions, data fingerprint, device and status."""
-        return json.loads(self.layout.meta.read_text()) if self.layout.meta.is_file() else {}
+        """Seed, library versions, data fingerprint, device and status.
+
+        Raises:
+            CorruptFileError: meta.json is damaged.
+        """
+        return read_meta(self.layout.meta)
 
     @property
     def checkpoints(self) -> list[int]:
@@ -57,10 +68,13 @@ class Run:
     @property
     def log(self) -> pd.DataFrame:
         """The training log: one row per logged step (step, tokens, loss, loss_repeat, lr,
-        tokens_per_s, elapsed_s)."""
-        if not self.layout.log.is_file():
-            return pd.DataFrame(columns=["step", "tokens", "loss", "loss_repeat", "lr", "tokens_per_s", "elapsed_s"])
-        return pd.read_json(self.layout.log, lines=True)
+        tokens_per_s, elapsed_s). A last line still being written (or cut off by a crash) is left out.
+
+        Raises:
+            CorruptFileError: a line before the last is damaged.
+        """
+        rows = read_log(self.layout.log).rows
+        return pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(LOG_FIELDS))
 
     def tokenizer(self) -> Tokenizer | None:
         """The tokenizer a text run was trained with (None for synthetic runs)."""
@@ -73,9 +87,22 @@ class Run:
         Raises:
             CheckpointError: the run has not been analysed yet.
         """
-        if not self.layout.metrics.is_file():
+        if not self.store.exists():
             raise CheckpointError(f"{self.path} has not been analysed; run `icl-lab analyze {self.path}` first")
-        return pd.read_parquet(self.layout.metrics)
+        return self.store.read()
+
+    @cached_property
+    def store(self) -> MetricsStore:
+        """The run's `MetricsStore` (the locked owner of metrics.parquet)."""
+        return MetricsStore(self.layout)
+
+    def query(self, sql: str) -> pd.DataFrame:
+        """SQL over the run's metrics table, named `metrics` (duckdb).
+
+        Example:
+            >>> run.query("select step, value from metrics where metric = 'icl_score' order by step")
+        """
+        return self.store.query(sql)
 
     def summary(self) -> dict:
         """The analysis summary (phase change, ICL score, heads, induction heads)."""

@@ -1,9 +1,11 @@
 """Checkpoints: one safetensors file per step holding the weights, the AdamW state and the data
-generator's RNG state, with step and token count in the header. Written atomically; nothing is
-pickled, so loading a checkpoint cannot run code."""
+generator's RNG state, with step and token count in the header, and a sha256 of everything in it
+(`content_hash`) that every load checks, so a damaged file is refused, never half-used. Written
+atomically; nothing is pickled, so loading a checkpoint cannot run code."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +14,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
-from icl_lab.errors import CheckpointError
+from icl_lab.errors import CheckpointError, CorruptFileError
 from icl_lab.io import write_safetensors
 
-FORMAT = "icl-lab-checkpoint-v1"
+FORMAT = "icl-lab-checkpoint-v2"  # v2: carries HASH_KEY, and must
+FORMATS = ("icl-lab-checkpoint-v1", FORMAT)  # v1 (no hash) still loads
+HASH_KEY = "content_sha256"
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,25 @@ class TrainState:
     tokens: int
     optimizer: dict | None  # torch optimizer state_dict, or None if not saved
     data_rng: Tensor | None  # torch.Generator state
+
+
+def content_hash(tensors: dict[str, Tensor], metadata: dict[str, str]) -> str:
+    """sha256 of a checkpoint's content: every tensor's name, dtype, shape and bytes (by name) and
+    the header metadata other than the hash itself. Independent of the file's layout, so the
+    header's key order (which safetensors does not fix) cannot change it."""
+    digest = hashlib.sha256()
+    meta = {k: v for k, v in metadata.items() if k != HASH_KEY}
+    digest.update(json.dumps(meta, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _write(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    write_safetensors(path, tensors, {**metadata, HASH_KEY: content_hash(tensors, metadata)})
 
 
 def save_checkpoint(
@@ -43,54 +66,78 @@ def save_checkpoint(
         "tokens": str(tokens),
         "optim_param_groups": json.dumps(opt["param_groups"]),
     }
-    write_safetensors(path, {k: v.cpu() for k, v in tensors.items()}, metadata)
+    _write(path, tensors, metadata)
 
 
 def save_weights(path: Path, model: nn.Module, step: int = 0, tokens: int = 0, source: str = "") -> None:
     """A weights-only checkpoint (an imported model): readable by `load_weights`, not resumable."""
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_safetensors(path, tensors, {"format": FORMAT, "step": str(step), "tokens": str(tokens), "weights_only": "true", "source": source})
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    _write(path, tensors, {"format": FORMAT, "step": str(step), "tokens": str(tokens), "weights_only": "true", "source": source})
 
 
-def _open(path: Path):
+def _corrupt(path: Path, what: str) -> CorruptFileError:
+    return CorruptFileError(f"checkpoint {path.name} is truncated or corrupt ({what}); delete it and rerun with --resume")
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
+    """A checkpoint's header metadata and all its tensors, after checking its content hash.
+
+    Raises:
+        CheckpointError: the file is missing or is not an icl-lab checkpoint.
+        CorruptFileError: it is truncated, unparseable, or fails its content hash.
+    """
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; list the run's checkpoints with `run.checkpoints`")
     try:
-        return safe_open(str(path), framework="pt")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(
-            f"checkpoint {path.name} is truncated or corrupt ({str(e).splitlines()[0][:80]}); delete it and rerun with --resume"
-        ) from None
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
+        raise _corrupt(path, (str(e).splitlines() or [type(e).__name__])[0][:80]) from None
+    if meta.get("format") not in FORMATS:
+        if HASH_KEY in meta:  # an icl-lab header whose format field was damaged
+            raise _corrupt(path, "unknown format in its header")
+        raise CheckpointError(f"{path.name} is not an icl-lab checkpoint (format {FORMAT} expected)")
+    stored = meta.get(HASH_KEY)
+    if stored is None and meta["format"] != FORMATS[0]:
+        raise _corrupt(path, "its content hash is missing")
+    if stored is not None and stored != content_hash(tensors, meta):
+        raise _corrupt(path, "content hash mismatch")
+    return meta, tensors
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """None if the checkpoint at `path` reads back whole (content hash included), else why not."""
+    try:
+        read_checkpoint(path)
+    except CheckpointError as e:
+        return str(e)
+    return None
 
 
 def load_weights(path: Path) -> dict[str, Tensor]:
-    """The model state_dict stored in a checkpoint."""
-    with _open(path) as f:
-        if (f.metadata() or {}).get("format") != FORMAT:
-            raise CheckpointError(f"{path.name} is not an icl-lab checkpoint (format {FORMAT} expected)")
-        return {k.removeprefix("model."): f.get_tensor(k) for k in f.keys() if k.startswith("model.")}
+    """The model state_dict stored in a checkpoint (its content hash checked first)."""
+    _, tensors = read_checkpoint(path)
+    return {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
 
 
 def load_train_state(path: Path) -> TrainState:
     """Step, token count, optimiser state_dict and data-RNG state of a checkpoint."""
-    with _open(path) as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise CheckpointError(f"{path.name} is not an icl-lab checkpoint (format {FORMAT} expected)")
+    meta, tensors = read_checkpoint(path)
+    if meta.get("weights_only") == "true":
+        raise CheckpointError(f"{path.name} holds weights only (an imported model), so it cannot be resumed; train a new run")
+    try:
         state: dict[int, dict[str, Tensor]] = {}
-        for key in f.keys():
+        for key, value in tensors.items():
             if key.startswith("optim."):
                 _, idx, name = key.split(".", 2)
-                state.setdefault(int(idx), {})[name] = f.get_tensor(key)
-        if meta.get("weights_only") == "true":
-            raise CheckpointError(f"{path.name} holds weights only (an imported model), so it cannot be resumed; train a new run")
+                state.setdefault(int(idx), {})[name] = value
         groups = json.loads(meta["optim_param_groups"])
         for g in groups:
             if "betas" in g:
                 g["betas"] = tuple(g["betas"])
-        return TrainState(
-            step=int(meta["step"]),
-            tokens=int(meta["tokens"]),
-            optimizer={"state": state, "param_groups": groups},
-            data_rng=f.get_tensor("rng.data") if "rng.data" in f.keys() else None,
-        )
+        step, tokens = int(meta["step"]), int(meta["tokens"])
+    except (KeyError, ValueError, TypeError) as e:  # only a v1 file, which has no hash, gets here damaged
+        raise _corrupt(path, f"damaged header: {type(e).__name__}") from None
+    return TrainState(step=step, tokens=tokens, optimizer={"state": state, "param_groups": groups},
+                      data_rng=tensors.get("rng.data"))

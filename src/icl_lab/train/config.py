@@ -79,7 +79,10 @@ class ExperimentConfig(FrozenConfig):
         if not path.is_file():
             raise ConfigError(f"config file {path} not found; pass a config JSON or a run directory")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_bytes().decode("utf-8"))
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path} is not valid JSON (line {e.lineno}: {e.msg}); fix the file") from None
+        except (UnicodeDecodeError, RecursionError) as e:
+            what = f"is not UTF-8 text (byte {e.start})" if isinstance(e, UnicodeDecodeError) else "nests too deeply"
+            raise ConfigError(f"{path} {what}; fix the file") from None
         return cls.parse(data, where=f"config {path.name}")

@@ -2,6 +2,7 @@
 the trainer writes them and `icl_lab.run` reads them.
 
     RUN/
+      .train.lock          held by the trainer while it trains (`icl_lab.train.lock`)
       config.json          ExperimentConfig (model, data, train, seed): alone it rebuilds the run
       meta.json            seed, library versions, data fingerprint (text: and tokenizer fingerprint,
                            BOS id; imports: tokenizer_source, bos_source), device, status
@@ -32,6 +33,10 @@ class RunLayout:
     @property
     def config(self) -> Path:
         return self.root / "config.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".train.lock"
 
     @property
     def meta(self) -> Path:

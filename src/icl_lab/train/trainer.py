@@ -1,6 +1,7 @@
 """The training loop: AdamW with warm-up, gradient clipping, dense log-spaced checkpoints and a
 bit-identical `resume`. It writes a run directory (see `icl_lab.train.layout`) and returns its path;
-progress goes to an optional callback, never to the terminal."""
+progress goes to an optional callback, never to the terminal. It holds the run's lock while it
+trains, fsyncs each log row, and survives a kill -9 at any moment (`icl_lab.train.recovery`)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,14 @@ from pathlib import Path
 import torch
 from icl_lab.data import TextStream, open_stream
 from icl_lab.errors import CheckpointError, ConfigError, NonFiniteError
-from icl_lab.io import write_json, write_text
+from icl_lab.io import TEMP_FILE, LineLog, clean_temp_files, write_json
 from icl_lab.model.transformer import Transformer
-from icl_lab.train.checkpoint import load_train_state, load_weights, save_checkpoint
+from icl_lab.train.checkpoint import checkpoint_problem, load_train_state, load_weights, save_checkpoint
 from icl_lab.train.config import ExperimentConfig, TrainConfig
 from icl_lab.train.layout import RunLayout
+from icl_lab.train.lock import hold_run
+from icl_lab.train.records import read_meta
+from icl_lab.train.recovery import record_stop, resume_point, storage_error, truncate_log
 from icl_lab.train.schedule import checkpoint_steps, lr_at
 
 
@@ -75,9 +79,18 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _prepare_dir(cfg: ExperimentConfig, layout: RunLayout, resume: bool) -> None:
+def _check_out(layout: RunLayout) -> None:
+    """Refuse an --out that is a file, or a folder holding anything but a run (checked before the
+    lock file is put there)."""
     if layout.root.exists() and not layout.root.is_dir():
         raise ConfigError(f"--out {layout.root} is a file, not a directory; choose another --out")
+    if layout.config.exists() or not layout.root.exists():
+        return
+    if any(p != layout.lock and not TEMP_FILE.fullmatch(p.name) for p in layout.root.iterdir()):
+        raise ConfigError(f"{layout.root} exists and is not an icl-lab run directory; choose another --out")
+
+
+def _prepare_dir(cfg: ExperimentConfig, layout: RunLayout, resume: bool) -> None:
     if layout.config.exists():
         if not resume:
             raise ConfigError(f"run directory {layout.root} already exists; pass --resume to continue it or choose another --out")
@@ -85,33 +98,31 @@ def _prepare_dir(cfg: ExperimentConfig, layout: RunLayout, resume: bool) -> None
         if stored != cfg:
             raise ConfigError(f"{layout.root} holds a run with a different config; resume it with its own config or choose another --out")
         return  # the stored config is this one: leave the file alone
-    if layout.root.exists() and any(layout.root.iterdir()):
-        raise ConfigError(f"{layout.root} exists and is not an icl-lab run directory; choose another --out")
     write_json(layout.config, cfg.model_dump(mode="json"))
 
 
 def _is_complete(layout: RunLayout, steps: int) -> bool:
+    """Finished, with every checkpoint whole (a damaged one makes `--resume` retrain and rewrite it)."""
     saved = layout.checkpoint_steps()
-    meta = json.loads(layout.meta.read_text()) if layout.meta.is_file() else {}
-    return bool(saved) and saved[-1] >= steps and meta.get("status") == "complete"
+    if not saved or saved[-1] < steps or read_meta(layout.meta).get("status") != "complete":
+        return False
+    return all(checkpoint_problem(layout.checkpoint(s)) is None for s in saved)
 
 
 def _check_same_data(layout: RunLayout, fingerprint: str) -> None:
     """Resuming must draw the same data the run started on (a changed corpus, tokenizer or BOS would not)."""
-    before = json.loads(layout.meta.read_text()).get("data_fingerprint") if layout.meta.is_file() else None
+    before = read_meta(layout.meta).get("data_fingerprint")
     if before is not None and before != fingerprint:
         raise ConfigError(f"{layout.root} was trained on other data (corpus, tokenizer or BOS changed since, "
                           f"fingerprint {before} -> {fingerprint}); restore them or start a new run with another --out")
 
 
-def _truncate_log(layout: RunLayout, step: int) -> None:
-    if layout.log.exists():
-        rows = [ln for ln in layout.log.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        write_text(layout.log, "".join(r + "\n" for r in rows))
-
-
 def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: Progress | None = None) -> Path:
     """Train `cfg` into the run directory `out`.
+
+    A resume starts from the newest checkpoint that reads back whole (`recovery.resume_point`,
+    which warns about any damaged one it passes over), removes temporary files a killed write
+    left, and drops a log line cut off mid-write (with an `IclLabWarning`).
 
     Args:
         cfg: the whole experiment.
@@ -125,20 +136,38 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
 
     Raises:
         ConfigError: the directory holds another run, or the config is inconsistent.
-        CheckpointError: the latest checkpoint cannot be read.
+        RunInUseError: another trainer is training this run directory now.
+        CheckpointError: the checkpoint to resume from does not fit the model, or holds weights only.
+        CorruptFileError: meta.json or a line of the log before the last is damaged.
         NonFiniteError: the loss became NaN or inf.
+        StorageError: a file could not be written (a full disk); meta.json records it and every
+            earlier checkpoint is intact.
     """
     layout = RunLayout(Path(out))
-    tc = cfg.train
-    _prepare_dir(cfg, layout, resume)
-    if resume and _is_complete(layout, tc.steps):
+    _check_out(layout)
+    if resume and layout.config.is_file() and ExperimentConfig.load(layout.config) == cfg and _is_complete(layout, cfg.train.steps):
         return layout.root  # nothing left to train: keep meta.json's record of the machine that trained it
+    try:
+        with hold_run(layout):
+            clean_temp_files(layout.root)  # only a trainer holding the lock writes in these two folders
+            clean_temp_files(layout.checkpoint_dir)
+            _prepare_dir(cfg, layout, resume)
+            return _train(cfg, layout, resume, progress)
+    except OSError as e:  # before training started (config.json, tokenizer.json): nothing to record
+        raise storage_error(e, layout) from None
+
+
+def _train(cfg: ExperimentConfig, layout: RunLayout, resume: bool, progress: Progress | None) -> Path:
+    tc = cfg.train
+    if resume and _is_complete(layout, tc.steps):
+        return layout.root
     device = resolve_device(tc.device)
     model = Transformer(cfg.model, seed=derive_seed(cfg.seed, "init")).to(device)
     optimizer = build_optimizer(model, tc)
     data = open_stream(cfg.data, cfg.model.d_vocab, cfg.model.n_ctx, tc.batch_size, derive_seed(cfg.seed, "data"))
-    fingerprint, saved = data.fingerprint(derive_seed(cfg.seed, "data")), layout.checkpoint_steps()
-    if resume and saved:  # before anything is written: the run's files stay as they were
+    fingerprint = data.fingerprint(derive_seed(cfg.seed, "data"))
+    start = resume_point(layout) if resume else None
+    if start is not None:  # before anything is written: the run's files stay as they were
         _check_same_data(layout, fingerprint)
     if isinstance(data, TextStream):  # the run decodes its own tokens without the cache
         data.tokens.tokenizer.save(layout.tokenizer)
@@ -154,23 +183,14 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
     if isinstance(data, TextStream):  # what `check_eval_data` compares the evaluation text with
         meta |= {"tokenizer_fingerprint": data.tokens.tokenizer.fingerprint(), "bos_id": data.tokens.bos}
     step, tokens = 0, 0
-    if resume and saved:
-        state = load_train_state(layout.checkpoint(saved[-1]))
-        model.load_state_dict(load_weights(layout.checkpoint(saved[-1])))
-        try:
-            optimizer.load_state_dict(state.optimizer)
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"optimiser state in step_{state.step} does not fit this model ({e}); start a new run") from None
-        data.set_state(state.data_rng)
-        step, tokens = state.step, state.tokens
-        if layout.meta.exists():
-            meta["created"] = json.loads(layout.meta.read_text()).get("created", meta["created"])
-        _truncate_log(layout, step)
+    if start is not None:
+        step, tokens = _restore(layout.checkpoint(start), model, optimizer, data)
+    if resume:
+        meta["created"] = read_meta(layout.meta).get("created", meta["created"])
+        truncate_log(layout, step)
     write_json(layout.meta, meta)
 
     schedule = set(checkpoint_steps(tc.steps, tc.n_checkpoints))
-    if step == 0 and 0 not in saved:
-        save_checkpoint(layout.checkpoint(0), model, optimizer, data.get_state(), 0, 0)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.dtype == "bf16")
     tokens_per_step = tc.batch_size * cfg.model.n_ctx
     # loss, repeat-loss sum, repeat count since the last log row; kept on the device so a GPU
@@ -180,7 +200,9 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
     record: StepRecord | None = None
     model.train()
     try:
-        with layout.log.open("a") as log:
+        if start is None:  # a fresh run, or every checkpoint damaged
+            save_checkpoint(layout.checkpoint(0), model, optimizer, data.get_state(), 0, 0)
+        with LineLog(layout.log) as log:  # each row flushed at once and fsynced in the background
             while step < tc.steps:
                 lr = lr_at(step, tc)
                 for group in optimizer.param_groups:
@@ -217,8 +239,7 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
                         lr=lr, tokens_per_s=window_steps * tokens_per_step / (now - window_start),
                         elapsed_s=now - t0,
                     )
-                    log.write(json.dumps(asdict(record)) + "\n")
-                    log.flush()
+                    log.append(json.dumps(asdict(record)))
                     sums.zero_()
                     window_start, window_steps = now, 0
                 if step in schedule:
@@ -226,11 +247,26 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
                 if progress is not None:
                     progress(step, tc.steps, record)
     except BaseException as e:  # Ctrl-C, a non-finite loss, a full disk: say so (only kill -9 leaves "running")
-        reason = f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
-        write_json(layout.meta, {**meta, "status": "stopped", "stop_reason": reason})
-        raise
+        err = storage_error(e, layout) if isinstance(e, OSError) else e
+        reason = f"{type(err).__name__}: {err}".splitlines()[0] if str(err) else type(err).__name__
+        record_stop(layout, meta, reason)
+        if err is e:
+            raise
+        raise err from None
     write_json(layout.meta, {**meta, "status": "complete"})
     return layout.root
+
+
+def _restore(path: Path, model: Transformer, optimizer: torch.optim.Optimizer, data) -> tuple[int, int]:
+    """Load a checkpoint's weights, optimiser state and data position; returns (step, tokens)."""
+    state = load_train_state(path)
+    try:
+        model.load_state_dict(load_weights(path))
+        optimizer.load_state_dict(state.optimizer)
+        data.set_state(state.data_rng)
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"{path.name} does not fit this model ({str(e).splitlines()[0][:80]}); start a new run") from None
+    return state.step, state.tokens
 
 
 def ensure_trained(cfg: ExperimentConfig, out: str | Path, progress: Progress | None = None,
@@ -248,8 +284,7 @@ def ensure_trained(cfg: ExperimentConfig, out: str | Path, progress: Progress | 
     if layout.config.is_file():
         if ExperimentConfig.load(layout.config) != cfg:
             raise ConfigError(f"{layout.root} holds a different experiment; remove it or choose another --out")
-        meta = json.loads(layout.meta.read_text()) if layout.meta.is_file() else {}
-        if meta.get("status") == "complete":
+        if read_meta(layout.meta).get("status") == "complete":
             return layout.root, False
     if announce is not None:
         announce()
