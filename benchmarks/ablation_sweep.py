@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 
 import icl_lab
-from icl_lab.intervene import ablate_heads, ablate_heads_serially, ablate_run, all_heads
+from icl_lab.intervene import ablate_heads, ablate_heads_serially, all_heads
+from icl_lab.pipeline import ablate_run
 from icl_lab.measure import icl_positions, icl_score, loss_by_token
-from icl_lab.measure.analyze import make_eval_set
+from icl_lab.measure.evalset import make_eval_set
 from icl_lab.model import Transformer
 from icl_lab.model.export import to_transformer_lens
 

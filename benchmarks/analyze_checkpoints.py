@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import icl_lab
-from icl_lab.measure import analyze
+from icl_lab.pipeline import analyze
 
 
 def main() -> None:

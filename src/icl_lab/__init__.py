@@ -8,16 +8,19 @@ Everything the CLI does is one call away:
     >>> run = icl_lab.load_run("runs/synthetic-2l")
     >>> model = run.model(step=500)
     >>> icl_lab.measure.prefix_matching_scores(model)   # [layer, head]
+    >>> icl_lab.analyze([run]); run.summary()            # `icl-lab analyze`: every checkpoint, stored
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from icl_lab import intervene, measure
+from icl_lab import intervene, measure, pipeline
 from icl_lab.data import DataConfig
 from icl_lab.errors import CheckpointError, ConfigError, DataError, IclLabError, NonFiniteError
-from icl_lab.model import ModelConfig, Transformer
+from icl_lab.model import ActivationCache, ModelConfig, Transformer
+from icl_lab.pretrained.load import load_model
+from icl_lab.pipeline import ablate_run, analyze
 from icl_lab.run import Run, load_run
 from icl_lab.train import ExperimentConfig, StepRecord, TrainConfig
 from icl_lab.train.presets import get_preset, preset_names
@@ -43,7 +46,7 @@ def train(config: ExperimentConfig, out: str | Path | None = None, resume: bool 
 
 
 __all__ = [
-    "CheckpointError", "ConfigError", "DataConfig", "DataError", "ExperimentConfig", "IclLabError",
-    "ModelConfig", "NonFiniteError", "Run", "StepRecord", "TrainConfig", "Transformer", "get_preset",
-    "intervene", "load_run", "measure", "preset_names", "train",
+    "ActivationCache", "CheckpointError", "ConfigError", "DataConfig", "DataError", "ExperimentConfig", "IclLabError",
+    "ModelConfig", "NonFiniteError", "Run", "StepRecord", "TrainConfig", "Transformer", "ablate_run", "analyze", "get_preset",
+    "intervene", "load_model", "load_run", "measure", "pipeline", "preset_names", "train",
 ]

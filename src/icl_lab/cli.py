@@ -175,11 +175,19 @@ def analyze_cmd(
     reuse: bool = typer.Option(False, help="Skip the work if these runs were already analysed together since their last checkpoint."),
     device: str = typer.Option("cpu", help="Where to measure: cpu, cuda, cuda:N or auto."),
     dtype: str = typer.Option("fp32", help="Measurement dtype: fp32, bf16, fp16 or fp64."),
+    only: Optional[str] = typer.Option(None, help="Comma-separated measurements to run instead of all "
+                                       "(e.g. prefix_matching,icl_score); `--only list` lists them."),
 ) -> None:
-    """Measure every checkpoint: loss by position, ICL score, head scores, per-token-loss PCA and
-    the phase change. Writes RUN/analysis/{metrics.parquet,summary.json} for each run."""
+    """Measure every checkpoint: loss by position, ICL score, head scores, per-token-loss PCA,
+    the phase change, the attention viewer and the composition graph. Writes RUN/analysis/ for
+    each run (metrics.parquet, summary.json, the viewer's patterns, composition.json)."""
+    if only == "list":
+        for name, cls in sorted(icl_lab.pipeline.REGISTRY.items()):
+            console.print(f"[bold]{name}[/]: {cls.description}")
+        return
+    names = [n.strip() for n in only.split(",") if n.strip()] if only else None
     loaded = [icl_lab.load_run(r) for r in runs]
-    if reuse and icl_lab.measure.is_analysed(loaded, n_examples=examples):
+    if reuse and names is None and icl_lab.pipeline.is_analysed(loaded, n_examples=examples):
         summaries = {str(r.path): r.summary() for r in loaded}
         if not json_out:
             err_console.print(f"reusing the analysis of {', '.join(r.path.name for r in loaded)} (up to date)")
@@ -188,8 +196,15 @@ def analyze_cmd(
     columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=json_out) as bar:
         tasks = {r.path.name: bar.add_task(f"analyze {r.path.name}", total=len(r.checkpoints)) for r in loaded}
-        summaries = icl_lab.measure.analyze(loaded, n_examples=examples, device=device, dtype=dtype,
-                                            progress=lambda name, done, total: bar.update(tasks[name], completed=done))
+        summaries = icl_lab.analyze(loaded, n_examples=examples, device=device, dtype=dtype, only=names,
+                                    progress=lambda name, done, total: bar.update(tasks[name], completed=done))
+    if names is not None and not all(summaries.values()):
+        pending = [Path(p).name for p, s in summaries.items() if not s]
+        err_console.print(f"measured {', '.join(names)}; no summary yet for {', '.join(pending)} "
+                          f"(run `icl-lab analyze` without --only once to build it)")
+        summaries = {p: s for p, s in summaries.items() if s}
+        if not summaries:
+            return
     _print_analysis(summaries, json_out)
 
 
@@ -237,7 +252,9 @@ def ablate_cmd(
 ) -> None:
     """Ablate every head at every checkpoint (zero/mean/resample, full and pattern-preserving),
     batched; add the ICL-score attributions to RUN/analysis/metrics.parquet."""
-    from icl_lab.intervene import KINDS, ablate_run, ablation_summary, is_ablated
+    from icl_lab.intervene import KINDS
+    from icl_lab.pipeline import ablate_run, is_ablated
+    from icl_lab.run.results import ablation_summary
 
     kinds = KINDS if kind == "all" else (kind,)
     if kind != "all" and kind not in KINDS:
@@ -282,17 +299,16 @@ def ablate_cmd(
 def report_cmd(
     runs: list[Path] = typer.Argument(..., help="One or more run directories (analysed runs get every section)."),
     out: Optional[Path] = typer.Option(None, help="HTML file [default: RUN/report.html, or the runs' common folder]."),
-    device: str = typer.Option("cpu", help="Where the viewer's, graph's and verdict's models run: cpu, cuda, cuda:N or auto."),
-    dtype: str = typer.Option("fp32", help="dtype: fp32, bf16, fp16 or fp64."),
 ) -> None:
     """Write one self-contained HTML report (plots, Model Analysis Table, attention viewer,
-    composition graph, verdict) that opens offline, and print its path and the verdict."""
+    composition graph, verdict) that opens offline, and print its path and the verdict. It reads
+    what `analyze` and `ablate` stored and runs no model; a gap names the command that fills it."""
     from icl_lab.report import write_report
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task("report", total=len(runs) + 1)
-        report = write_report(runs, out=out, device=device, dtype=dtype,
+        report = write_report(runs, out=out,
                               progress=lambda what, done, total: bar.update(task, completed=done))
     console.print(f"report: [bold]{report.path}[/]")
     for line in report.verdict:

@@ -112,9 +112,9 @@ def test_a_text_run_end_to_end(corpus_dir, tmp_path):
     (half.path / "config.json").write_text((run.path / "config.json").read_text())
     resumed = icl_lab.train(cfg, out=tmp_path / "half", resume=True)
     assert torch.equal(resumed.model().W_E, run.model().W_E)
-    summary = icl_lab.measure.analyze([run], n_examples=16)[str(run.path)]
+    summary = icl_lab.analyze([run], n_examples=16)[str(run.path)]
     assert np.isfinite(summary["icl_score"]["final"])
-    from icl_lab.report.collect import collect_attention
+    from icl_lab.run.results import read_attention
 
-    sample = collect_attention(run).samples[1]  # the viewer shows decoded validation text
+    sample = read_attention(run).samples[1]  # the viewer shows decoded validation text
     assert sample["name"].startswith("validation text") and set("".join(sample["tokens"])) <= set("abcdefghijklmnopqrstuvwxyz .0123456789")

@@ -12,7 +12,7 @@ import torch
 
 from icl_lab.errors import ConfigError
 from icl_lab.grokking import grok_experiment, run_grokking
-from icl_lab.measure.grokking_run import measure_table
+from icl_lab.run.results import grokking_table as measure_table
 from icl_lab.train.presets import get_preset
 
 STEPS = 20

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 import icl_lab
-from icl_lab.intervene import ablate_run, is_ablated, removed_fraction
-from icl_lab.measure import is_analysed
+from icl_lab.intervene import removed_fraction
+from icl_lab.pipeline import ablate_run, is_ablated, is_analysed
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_induction_head_carries_the_icl_score(run):
     ablate_run(run, kinds=("zero",))
     assert len(run.metrics()) == len(table)
     # re-analysing keeps the ablation rows
-    from icl_lab.measure import analyze
+    from icl_lab.pipeline import analyze
 
     analyze([run])
     assert len(run.metrics()) == len(table)
@@ -101,14 +101,14 @@ def test_shares_of_an_icl_score_within_noise_are_left_empty():
     gen = torch.Generator().manual_seed(0)
     clean = 0.3 * torch.randn(64, generator=gen)  # no in-context learning: an interval around 0
     icl = torch.stack([clean, clean + 0.5, clean - 0.2])  # [1 + head, example]
-    rows = _head_rows({"run": "r", "step": 0, "tokens": 0}, "ablation.zero.full", [(0, 0), (0, 1)], icl, (icl * 0).numpy(), None)
+    rows = _head_rows("ablation.zero.full", [(0, 0), (0, 1)], icl, (icl * 0).numpy(), None)
     frac = [r for r in rows if r["metric"].endswith("icl_removed_fraction")]
     assert all(math.isnan(r["value"]) and math.isnan(r["lo"]) for r in frac)
     delta = [r for r in rows if r["metric"].endswith("icl_delta")]
     assert delta[0]["value"] == pytest.approx(0.5) and delta[0]["lo"] <= 0.5 <= delta[0]["hi"]
     # with real ICL the share and its interval are there
     icl = torch.stack([clean - 3.0, 0.1 * (clean - 3.0), clean - 3.0])
-    rows = _head_rows({"run": "r", "step": 0, "tokens": 0}, "ablation.zero.full", [(0, 0), (0, 1)], icl, (icl * 0).numpy(), None)
+    rows = _head_rows("ablation.zero.full", [(0, 0), (0, 1)], icl, (icl * 0).numpy(), None)
     frac = [r for r in rows if r["metric"].endswith("icl_removed_fraction")]
     assert frac[0]["value"] == pytest.approx(0.9, abs=1e-5) and frac[0]["lo"] <= 0.9 + 1e-5 <= frac[0]["hi"] + 2e-5
     assert frac[1]["value"] == pytest.approx(0.0, abs=1e-6)
@@ -117,7 +117,7 @@ def test_shares_of_an_icl_score_within_noise_are_left_empty():
 def test_analyze_and_ablate_at_the_same_time_keep_both_sides_rows(tmp_path):
     cfg = icl_lab.get_preset("synthetic-2l").replace(train={"steps": 200, "n_checkpoints": 12, "warmup_steps": 20})
     run = icl_lab.train(cfg, out=tmp_path / "r")
-    from icl_lab.measure import analyze
+    from icl_lab.pipeline import analyze
 
     analyze([run], n_examples=32)  # ablate reads the stored evaluation set
     cli = [sys.executable, "-m", "icl_lab.cli"]

@@ -10,7 +10,7 @@ import pytest
 
 import icl_lab
 from icl_lab.errors import ConfigError
-from icl_lab.measure import analyze
+from icl_lab.pipeline import analyze
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,8 @@ def test_the_order_of_the_runs_changes_no_number(runs):
 
 
 def test_the_stored_evaluation_set_is_the_one_measured(runs, summaries):
-    from icl_lab.measure.evalset import load_eval_set, make_eval_set
+    from icl_lab.measure.evalset import make_eval_set
+    from icl_lab.pipeline.evalstore import load_eval_set
 
     ev = load_eval_set(runs[0])
     assert ev.fingerprint == summaries[str(runs[0].path)]["provenance"]["eval_set"]

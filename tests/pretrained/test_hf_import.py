@@ -132,12 +132,12 @@ def test_a_folder_of_revisions_is_one_run_that_analyze_reads(tmp_path):
         (texts / f"{i}.txt").write_text(f"document {i}: the quick brown fox jumps over the lazy dog. " * 60)
     run = import_model(tmp_path / "revs", tmp_path / "run", corpus=str(texts))
     assert run.checkpoints == [0, 1000, 2000, 4000] and run.meta["revisions"] == [0, 1000, 2000, 4000]
-    summary = icl_lab.measure.analyze([run], n_examples=8)[str(run.path)]
+    summary = icl_lab.analyze([run], n_examples=8)[str(run.path)]
     table = run.metrics()
     assert sorted(table[table.metric == "loss"].tokens) == [s * 1024 * 48 for s in (0, 1000, 2000, 4000)]
     assert len(summary["heads"]) == 8 and "reason" in summary["phase_change"]  # 3 checkpoints after step 0
     single = import_model(tmp_path / "revs" / "step1000", tmp_path / "one", corpus=str(texts))
-    assert icl_lab.measure.analyze([single], n_examples=8)[str(single.path)]["phase_change"]["detected"] is False
+    assert icl_lab.analyze([single], n_examples=8)[str(single.path)]["phase_change"]["detected"] is False
 
 
 def test_gguf_llama_logits_match_transformers(tmp_path):

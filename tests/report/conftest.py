@@ -4,8 +4,8 @@
 import pytest
 
 import icl_lab
-from icl_lab.intervene import ablate_run
-from icl_lab.measure import analyze
+from icl_lab.pipeline import ablate_run
+from icl_lab.pipeline import analyze
 
 
 @pytest.fixture(scope="package")

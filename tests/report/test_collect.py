@@ -1,10 +1,14 @@
-"""What the report collects: checkpoint choice, attention patterns, composition edges."""
+"""What the report collects: the viewer's patterns and the composition graph `analyze` stored,
+read back without a model; and the viewer's checkpoint choice."""
 
 import numpy as np
 import torch
 
 from icl_lab.measure import attention_patterns
-from icl_lab.report.collect import collect_attention, collect_composition, collect_run, describe, view_steps
+from icl_lab.pipeline import view_steps
+from icl_lab.report.collect import collect_run, describe
+from icl_lab.run import open_run_files
+from icl_lab.run.results import read_attention, read_composition
 
 
 def test_view_steps_are_log_spread_with_ends_and_kept_steps():
@@ -15,8 +19,8 @@ def test_view_steps_are_log_spread_with_ends_and_kept_steps():
     assert view_steps([0, 5, 9], n=8) == [0, 5, 9]
 
 
-def test_attention_patterns_round_trip_through_uint8(two):
-    a = collect_attention(two)
+def test_stored_attention_patterns_round_trip_through_uint8(two):
+    a = read_attention(open_run_files(two.path))
     n_steps, n_samples, n_layers, n_heads, n_pos, _ = a.patterns.shape
     assert (n_samples, n_layers, n_heads) == (2, 2, 1) and a.steps[-1] == two.checkpoints[-1]
     assert all(len(s["tokens"]) == n_pos for s in a.samples) and a.samples[0]["tokens"][0] == "BOS"
@@ -25,18 +29,35 @@ def test_attention_patterns_round_trip_through_uint8(two):
     expected = attention_patterns(two.model(), tokens).transpose(0, 1).numpy()  # [sample, layer, head, q, k]
     assert np.abs(a.patterns[-1] / 255 - expected).max() <= 0.5 / 255 + 1e-6
     assert a.tokens == [s * 32 * 64 for s in a.steps]
+    # the phase window's edges are on the slider
+    pc = two.summary()["phase_change"]
+    assert pc["detected"] and {int(pc[k] // (32 * 64)) for k in ("start_tokens", "end_tokens")} <= set(a.steps)
 
 
-def test_trained_composition_draws_the_k_edge(two, one):
-    comp = collect_composition(two)
+def test_stored_composition_draws_the_k_edge(two, one):
+    comp = read_composition(two)
     drawn = {(tuple(e["source"]), tuple(e["target"]), e["mode"]) for e in comp["edges"] if e["drawn"]}
     assert ((0, 0), (1, 0), "k") in drawn
     k = next(e for e in comp["edges"] if e["mode"] == "k")
     assert k["z"] > 10
-    assert collect_composition(one) is None  # one layer: nothing composes
+    assert read_composition(one) is None  # one layer: nothing composes
 
 
 def test_collect_run_reads_analysis_and_ablation(two):
-    data = collect_run(two)
-    assert data.summary is not None and data.ablation is not None and not data.training
+    data = collect_run(open_run_files(two.path))
+    assert data.summary is not None and data.ablation is not None and not data.training and data.missing == []
+    assert data.attention is not None and data.composition is not None
     assert "2 layers, d_model 64, 1 head, attention-only" in describe(two)
+
+
+def test_collect_never_loads_a_checkpoint(two, monkeypatch):
+    """The report reads stored files only: loading any safetensors checkpoint would fail here."""
+    import safetensors.torch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report loaded a checkpoint")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", refuse)
+    monkeypatch.setattr(safetensors.torch, "load", refuse)
+    data = collect_run(open_run_files(two.path))
+    assert data.attention is not None and data.summary["induction_ablation"]["removed"] > 0.8

@@ -51,15 +51,20 @@ def test_verdict_reaches_the_page_and_the_cli(report, two, one, tmp_path):
     assert "x.html" in r.stdout and "Induction heads: two L1H0" in r.stdout
 
 
-def test_unanalysed_run_still_gets_loss_and_attention(tmp_path):
+def test_unanalysed_run_gets_loss_and_the_commands_that_fill_the_gaps(tmp_path):
     import icl_lab
 
     run = icl_lab.train(icl_lab.get_preset("synthetic-1l").replace(train={"steps": 20, "warmup_steps": 5, "n_checkpoints": 4}), out=tmp_path / "r")
     rep = write_report([run.path])
     assert rep.path == run.path / "report.html"
-    payload = _payload(rep.path.read_text())
-    assert set(payload["figures"]) == {"fig-loss"} and payload["attention"][0]["steps"] == run.checkpoints
-    assert "not analysed yet" in rep.verdict[0]
+    page = rep.path.read_text()
+    payload = _payload(page)
+    assert set(payload["figures"]) == {"fig-loss"} and payload["attention"] == []
+    assert "not analysed yet" in rep.verdict[0] and f"icl-lab analyze {run.path}" in page
+    # one measurement fills one gap: the viewer, without the rest of the analysis
+    icl_lab.analyze([run], n_examples=16, only=["attention_viewer"])
+    payload = _payload(write_report([run.path]).path.read_text())
+    assert payload["attention"][0]["steps"] == run.checkpoints and not run.store.exists()
 
 
 def test_bad_input_is_one_clear_line(two, tmp_path):

@@ -113,3 +113,24 @@ def test_the_request_never_builds_the_report(server, two):
     assert time.monotonic() - t0 < 2.0
     status, page = get(server, "/report/demo/two")  # and the page arrives once built
     assert status == 200 and "icl-lab report: two" in page
+
+
+def test_an_unanalysed_run_is_served_without_loading_a_checkpoint(server, runs_dir, monkeypatch):
+    """A fresh run: the page shows its loss curve and names the command that fills each gap,
+    and no checkpoint (or model) is touched to answer."""
+    import safetensors.torch
+
+    import icl_lab
+
+    icl_lab.train(icl_lab.get_preset("synthetic-1l").replace(train={"steps": 20, "warmup_steps": 5, "n_checkpoints": 4}),
+                  out=runs_dir / "fresh")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("serve loaded a checkpoint")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", refuse)
+    monkeypatch.setattr(safetensors.torch, "load", refuse)
+    status, page = get(server, "/report/fresh")
+    assert status == 200 and "icl-lab report: fresh" in page
+    assert f"icl-lab analyze {runs_dir / 'fresh'}" in page and "not analysed yet" in page
+    assert "serve loaded a checkpoint" not in page

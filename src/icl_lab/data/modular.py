@@ -146,3 +146,8 @@ class ModularStream:
         h = hashlib.sha256(f"{GENERATOR_VERSION}|{self.cfg.model_dump_json()}".encode())
         h.update(self.task.train.numpy().tobytes())
         return f"sha256:{h.hexdigest()[:32]}"
+
+
+def component_names(p: int) -> list[str]:
+    """Labels of `fourier_basis(p)`'s rows: const, cos 1, sin 1, cos 2, ..."""
+    return ["const"] + [f"{f} {k}" for k in range(1, (p - 1) // 2 + 1) for f in ("cos", "sin")]

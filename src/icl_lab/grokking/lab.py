@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from icl_lab.data.modular import train_size
-from icl_lab.measure.grokking_run import evaluate_run, is_evaluated, load_summary
+from icl_lab.pipeline.grokking import evaluate_run, is_evaluated
 from icl_lab.report.grokking_page import write_grokking_report
+from icl_lab.run.results import grokking_summary
 from icl_lab.run.rundir import Run, load_run
 from icl_lab.train.config import ExperimentConfig
 from icl_lab.train.presets import get_preset
@@ -25,7 +26,7 @@ class GrokkingResult:
 
     Attributes:
         run: the run directory.
-        summary: `analysis/grokking.json` (see `icl_lab.measure.grokking_run.evaluate_run`).
+        summary: `analysis/grokking.json` (see `icl_lab.pipeline.grokking.evaluate_run`).
         report: the run's HTML page.
         seconds: wall-clock time of this call, training included.
         trained: whether this call trained (False when the run was reused).
@@ -96,7 +97,7 @@ def measure_grokking(path: str | Path, log: Log | None = None, measure_progress:
     t0 = time.perf_counter()
     run = load_run(path)
     if is_evaluated(run):
-        summary = load_summary(run)
+        summary = grokking_summary(run)
     else:
         log(f"measuring every checkpoint of {run.path.name}")
         summary = evaluate_run(run, measure_progress)

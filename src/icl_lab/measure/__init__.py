@@ -1,6 +1,8 @@
-"""The measure stage: scores computed from a model or a run's checkpoints — loss by position and
-the ICL score, attention-pattern head scores, copying scores, weight-based OV-circuit scores, the
-induction-head rule and bootstrap intervals. After `run` in the flow data -> model -> train -> run -> measure."""
+"""The measure stage: pure functions of a model and tokens — loss by position and the ICL score,
+attention-pattern head scores, copying scores, weight-based OV-circuit scores, the induction-head
+rule and bootstrap intervals. Nothing here touches a file (the import contract holds it to that);
+`icl_lab.pipeline` applies these at every checkpoint and stores the results. After `run` in the
+flow data -> model -> train -> run -> measure."""
 
 from icl_lab.measure.circuits import ov_eigen_positivity
 from icl_lab.measure.copying import copying_direct_scores, copying_olsson_scores, copying_scores
@@ -16,11 +18,9 @@ from icl_lab.measure.head_scores import (
     repeated_random_tokens,
 )
 
-from icl_lab.measure.analyze import analyze, is_analysed
-
 __all__ = [
     "Factored", "full_ov_circuit", "full_qk_circuit", "ov_circuit", "qk_circuit",
-    "analyze", "is_analysed", "composition_baseline", "composition_scores", "k_composition_eigen_trace", "qk_ov",
+    "composition_baseline", "composition_scores", "k_composition_eigen_trace", "qk_ov",
     "attention_patterns", "copying_scores", "copying_direct_scores", "copying_olsson_scores",
     "INDUCTION_THRESHOLDS", "induction_heads", "is_induction_head", "dloss_dlnpos", "duplicate_token_scores", "icl_positions",
     "icl_score", "loss_by_token", "ov_eigen_positivity", "per_token_losses",

@@ -3,7 +3,7 @@
 It depends only on the run's own data (config, tokenizer, BOS) and a fixed seed, never on which
 other runs are analysed with it, so `analyze A B` and `analyze B A` measure each run alike; runs
 with the same data get the same set. `analyze` stores it in `RUN/analysis/eval_set.safetensors`
-with its fingerprint, and `ablate` and the report's verdict read that very file.
+with its fingerprint (`icl_lab.pipeline.evalstore`), and `ablate` reads that very file.
 
     tokens       [example, pos]   evaluation text / synthetic sequences (loss, ICL score, PCA)
     ptl_positions [example]       one per-token-loss index per example (the PCA vectors)
@@ -17,13 +17,9 @@ import hashlib
 from dataclasses import dataclass
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 
 from icl_lab.data.synthetic import sample_batch
 from icl_lab.data.text import bos_token, load_tokens, sample_windows
-from icl_lab.errors import CheckpointError
-from icl_lab.io import write_safetensors
 from icl_lab.measure.head_scores import repeated_random_tokens
 from icl_lab.run.rundir import Run
 
@@ -95,43 +91,3 @@ def make_eval_set(run: Run, n_examples: int = 256) -> EvalSet:
     random, _ = repeated_random_tokens(d_vocab, min(tokens.shape[1], 1 + OLSSON_SEQ), seg_len=OLSSON_SEQ, n_repeats=1,
                                        n_examples=N_REPEATED, seed=EVAL_SEED + 1, exclude=exclude, bos=bos)
     return EvalSet(tokens, positions, repeated, seg_len, random, bos)
-
-
-def save_eval_set(run: Run, ev: EvalSet) -> None:
-    """Write `ev` to RUN/analysis/eval_set.safetensors (atomically)."""
-    write_safetensors(run.layout.eval_set,
-                      {"tokens": ev.tokens, "ptl_positions": ev.ptl_positions, "repeated": ev.repeated, "random": ev.random},
-                      metadata={"seg_len": str(ev.seg_len), "bos": "" if ev.bos is None else str(ev.bos),
-                                "fingerprint": ev.fingerprint, "seed": str(EVAL_SEED)})
-
-
-def load_eval_set(run: Run) -> EvalSet:
-    """The evaluation set `analyze` stored for `run`, checked against its fingerprint.
-
-    Raises:
-        CheckpointError: the run has not been analysed, or the file is damaged.
-    """
-    path = run.layout.eval_set
-    if not path.is_file():
-        raise CheckpointError(f"{run.path} has no stored evaluation set; run `icl-lab analyze {run.path}` first")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        t = load_file(str(path))
-        ev = EvalSet(t["tokens"], t["ptl_positions"], t["repeated"], int(meta["seg_len"]), t["random"],
-                     int(meta["bos"]) if meta.get("bos") else None)
-    except (SafetensorError, OSError, KeyError, ValueError) as e:
-        raise CheckpointError(f"{path} is unreadable ({type(e).__name__}); rerun `icl-lab analyze {run.path}`") from None
-    if ev.fingerprint != meta.get("fingerprint"):
-        raise CheckpointError(f"{path} does not match its fingerprint; rerun `icl-lab analyze {run.path}`")
-    return ev
-
-
-def eval_set_for(run: Run, n_examples: int = 256) -> EvalSet:
-    """The stored evaluation set when it has `n_examples` examples, else a freshly made one (the
-    same tokens, since both come from the run's data and EVAL_SEED)."""
-    if run.layout.eval_set.is_file():
-        ev = load_eval_set(run)
-        if len(ev.tokens) == n_examples:
-            return ev
-    return make_eval_set(run, n_examples)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from icl_lab.data.modular import ModularTask, sequences
+from icl_lab.data.modular import ModularTask, component_names, sequences  # noqa: F401  (component_names: re-exported)
 from icl_lab.errors import ConfigError
 from icl_lab.model.transformer import Transformer
 
@@ -45,11 +45,6 @@ def fourier_basis(p: int) -> Float[Tensor, "component p"]:
         rows += [torch.cos(2 * math.pi * k * x / p), torch.sin(2 * math.pi * k * x / p)]
     basis = torch.stack(rows)
     return basis / basis.norm(dim=1, keepdim=True)
-
-
-def component_names(p: int) -> list[str]:
-    """Labels of `fourier_basis(p)`'s rows: const, cos 1, sin 1, cos 2, ..."""
-    return ["const"] + [f"{f} {k}" for k in range(1, (p - 1) // 2 + 1) for f in ("cos", "sin")]
 
 
 def frequency_norms(W: Float[Tensor, "p d"]) -> Float[Tensor, " freq"]:

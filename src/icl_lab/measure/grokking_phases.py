@@ -67,7 +67,7 @@ def _phase_of(step: int, phases: dict) -> str | None:
 
 
 def find_phases(wide: pd.DataFrame) -> dict:
-    """The phases of a run from its measure table (`icl_lab.measure.grokking_run.measure_table`).
+    """The phases of a run from its measure table (`icl_lab.run.results.grokking_table`).
 
     Returns:
         `{memorisation, circuit_formation, cleanup: {start, end} (steps) or None,

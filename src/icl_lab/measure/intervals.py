@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from icl_lab.run.results import is_noise  # noqa: F401  (the rule lives with the stored results that use it)
+
 N_RESAMPLES = 1000
 LEVEL = 0.95
 SEED = 0
@@ -55,8 +57,3 @@ def removed_fraction_interval(clean: Tensor, ablated: Tensor) -> tuple[np.ndarra
     a = resampled_means(ablated)  # [resample, ...]
     ratio = 1 - a / c.view(-1, *([1] * (a.ndim - 1)))
     return percentile_interval(ratio)
-
-
-def is_noise(lo: float, hi: float) -> bool:
-    """Whether an ICL score's interval reaches 0 (or beyond): no in-context learning to speak of."""
-    return not hi < 0

@@ -4,31 +4,35 @@ A `HookPoint` is an identity module wrapped around an activation worth studying.
 names each one by its dotted path (`blocks.1.attn.hook_pattern`), so names come from the module
 tree. A hook is `fn(activation, *, hook) -> Tensor | None`; a returned tensor replaces the
 activation. Hooks are temporary: `hooks(...)` removes them in a `finally`, because a broken hook
-left attached would silently spoil every later run. With no hook attached, a hook point costs one
-attribute check (it bypasses `nn.Module.__call__` and its hook dispatch)."""
+left attached would silently spoil every later run. Backward hooks `fn(grad, *, hook)` see (and may
+replace) the gradient of the loss with respect to the activation. A hook point also honours
+PyTorch's own module hooks (`register_forward_hook`, `register_forward_pre_hook`) and a patched
+`forward` (nnsight installs one), so other tools can read and edit activations; with nothing
+attached it costs a few attribute checks (it bypasses `nn.Module.__call__` and its dispatch)."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Union
 
-import torch
 from torch import Tensor, nn
+from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
 from icl_lab.errors import ConfigError
+from icl_lab.model.cache import ActivationCache, hook_name  # noqa: F401 - re-exported: the cache lived here
 
 HookFn = Callable[..., Union[Tensor, None]]
+HookSpec = tuple[Union[str, Callable[[str], bool]], HookFn]
 NameFilter = Union[str, Sequence[str], Callable[[str], bool], None]
 
 
 class HookPoint(nn.Module):
     """Identity on an activation; attached hook functions may read or replace it.
 
-    Attach hooks with `model.hooks(...)` (or append to `.fns`), not with PyTorch's
-    `register_forward_hook`: the fast path skips `nn.Module.__call__`, so PyTorch's own hooks
-    on a HookPoint never run."""
+    Attach hooks with `model.hooks(...)` (or append to `.fns`). PyTorch's `register_forward_hook`
+    and `register_forward_pre_hook` work too (and tools built on them, or on replacing `forward`,
+    such as nnsight): a hook point with any of them goes through `nn.Module.__call__`."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -37,8 +41,14 @@ class HookPoint(nn.Module):
 
     @property
     def active(self) -> bool:
-        """Whether any hook is attached (the model uses this to pick the fused attention path)."""
-        return bool(self.fns)
+        """Whether any hook is attached, ours or PyTorch's (the model uses this to pick the fused
+        attention path, which never builds the scores or pattern)."""
+        return bool(self.fns) or self._torch_hooked()
+
+    def _torch_hooked(self) -> bool:
+        # PyTorch's hooks on this module or on every module, or a forward patched onto the instance
+        return bool(self._forward_hooks or self._forward_pre_hooks or "forward" in self.__dict__
+                    or _global_forward_hooks or _global_forward_pre_hooks)
 
     def forward(self, x: Tensor) -> Tensor:
         for fn in self.fns:
@@ -47,7 +57,10 @@ class HookPoint(nn.Module):
                 x = out
         return x
 
-    def __call__(self, x: Tensor) -> Tensor:  # skip nn.Module's dispatch: this is the hot path
+    def __call__(self, x: Tensor) -> Tensor:  # skip nn.Module's dispatch unless a PyTorch hook needs it
+        d = self.__dict__  # `_torch_hooked` inlined: this runs ~20 times per forward
+        if d["_forward_hooks"] or d["_forward_pre_hooks"] or "forward" in d or _global_forward_hooks or _global_forward_pre_hooks:
+            return super().__call__(x)
         return self.forward(x) if self.fns else x
 
     def extra_repr(self) -> str:
@@ -88,12 +101,19 @@ class HookedRootModule(nn.Module):
         return [self.hook_dict[name]]
 
     @contextmanager
-    def hooks(self, fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]]) -> Iterator["HookedRootModule"]:
+    def hooks(self, fwd_hooks: Sequence[HookSpec] = (), bwd_hooks: Sequence[HookSpec] = ()) -> Iterator["HookedRootModule"]:
         """Attach hooks for the duration of a `with` block; they are removed even on error.
 
         Args:
             fwd_hooks: (name or name-predicate, fn) pairs; fn(activation, *, hook) may return a
                 replacement tensor.
+            bwd_hooks: (name or name-predicate, fn) pairs; fn(grad, *, hook) runs when a backward
+                pass reaches the activation's gradient and may return a replacement gradient.
+                It fires for activations computed inside the block, even if `.backward()` is
+                called after it.
+
+        Raises:
+            ConfigError: an unknown hook name.
 
         Example:
             >>> with model.hooks([("blocks.0.attn.hook_z", zero_head)]):
@@ -101,7 +121,8 @@ class HookedRootModule(nn.Module):
         """
         added: list[tuple[HookPoint, HookFn]] = []
         try:
-            for name, fn in fwd_hooks:
+            pairs = [*fwd_hooks, *((name, _backward(fn)) for name, fn in bwd_hooks)]
+            for name, fn in pairs:
                 for hp in self._resolve(name):
                     hp.fns.append(fn)
                     added.append((hp, fn))
@@ -115,20 +136,35 @@ class HookedRootModule(nn.Module):
         for hp in self.hook_dict.values():
             hp.fns.clear()
 
-    def run_with_hooks(self, tokens: Tensor, fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = ()) -> Tensor:
-        """Run the model with temporary hooks; returns logits [batch, pos, d_vocab]."""
-        with self.hooks(fwd_hooks):
-            return self(tokens)
+    def run_with_hooks(self, tokens: Tensor, fwd_hooks: Sequence[HookSpec] = (), bwd_hooks: Sequence[HookSpec] = (),
+                       **forward_kwargs) -> Tensor:
+        """Run the model with temporary hooks; returns the forward's output (logits [batch, pos,
+        d_vocab]). Backward hooks fire when you call `.backward()` on something computed from it.
 
-    def run_with_cache(self, tokens: Tensor, names_filter: NameFilter = None) -> tuple[Tensor, "ActivationCache"]:
+        Args:
+            tokens: [batch, pos] token ids.
+            fwd_hooks, bwd_hooks: as in `hooks`.
+            forward_kwargs: passed to the forward (`attention_mask`, `stop_at_layer`).
+
+        Example:
+            >>> grads = {}
+            >>> logits = model.run_with_hooks(tokens, bwd_hooks=[("blocks.1.attn.hook_z", lambda g, hook: grads.update({hook.name: g}))])
+            >>> logits[:, -1, 3].sum().backward()   # grads["blocks.1.attn.hook_z"]: [batch, pos, head, d_head]
+        """
+        with self.hooks(fwd_hooks, bwd_hooks):
+            return self(tokens, **forward_kwargs)
+
+    def run_with_cache(self, tokens: Tensor, names_filter: NameFilter = None, **forward_kwargs) -> tuple[Tensor, ActivationCache]:
         """Run the model and record activations.
 
         Args:
             tokens: [batch, pos] token ids.
             names_filter: a hook name, a list of names, or a predicate; None caches everything.
+            forward_kwargs: passed to the forward (`attention_mask`, `stop_at_layer`).
 
         Returns:
-            logits [batch, pos, d_vocab] and an `ActivationCache` of detached activations.
+            logits [batch, pos, d_vocab] and an `ActivationCache` of detached activations, which
+            knows the model (for its maths: `accumulated_resid`, `decompose_resid`, ...).
         """
         keep = _as_predicate(names_filter)
         store: dict[str, Tensor] = {}
@@ -138,64 +174,17 @@ class HookedRootModule(nn.Module):
 
         names = [n for n in self.hook_dict if keep(n)]
         with self.hooks([(n, save) for n in names]):
-            logits = self(tokens)
-        return logits, ActivationCache(store)
+            logits = self(tokens, **forward_kwargs)
+        return logits, ActivationCache(store, model=self)
 
 
-_SHORT = {
-    "embed": "hook_embed", "pos_embed": "hook_pos_embed",
-    "resid_pre": "blocks.{l}.hook_resid_pre", "resid_mid": "blocks.{l}.hook_resid_mid",
-    "resid_post": "blocks.{l}.hook_resid_post", "attn_out": "blocks.{l}.hook_attn_out",
-    "mlp_out": "blocks.{l}.hook_mlp_out", "q": "blocks.{l}.attn.hook_q", "k": "blocks.{l}.attn.hook_k",
-    "v": "blocks.{l}.attn.hook_v", "z": "blocks.{l}.attn.hook_z", "rot_q": "blocks.{l}.attn.hook_rot_q",
-    "rot_k": "blocks.{l}.attn.hook_rot_k", "attn_scores": "blocks.{l}.attn.hook_attn_scores",
-    "pattern": "blocks.{l}.attn.hook_pattern", "pre": "blocks.{l}.mlp.hook_pre",
-    "post": "blocks.{l}.mlp.hook_post",
-}
+def _backward(fn: HookFn) -> HookFn:
+    """A forward hook that attaches `fn` to the gradient of the activation it sees."""
 
+    def attach(x: Tensor, *, hook: HookPoint) -> None:
+        if not x.requires_grad:
+            raise ConfigError(f"backward hook on {hook.name}: the activation has no gradient; run outside "
+                              "torch.no_grad() / inference_mode()")
+        x.register_hook(lambda grad: fn(grad, hook=hook))
 
-def hook_name(short: str, layer: int | None = None) -> str:
-    """Full hook name from a short one: hook_name("pattern", 1) == "blocks.1.attn.hook_pattern"."""
-    if short not in _SHORT:
-        return short
-    template = _SHORT[short]
-    if "{l}" in template:
-        if layer is None:
-            raise ConfigError(f"hook {short!r} is per layer; pass a layer, e.g. cache[{short!r}, 0]")
-        return template.format(l=layer)
-    return template
-
-
-class ActivationCache(Mapping[str, Tensor]):
-    """Hook name -> activation. Shorthand keys work: `cache["pattern", 1]`, `cache["resid_pre", 0]`."""
-
-    def __init__(self, store: dict[str, Tensor]) -> None:
-        self._store = store
-
-    def _key(self, key: str | tuple[str, int]) -> str:
-        return hook_name(*key) if isinstance(key, tuple) else hook_name(key)
-
-    def __getitem__(self, key: str | tuple[str, int]) -> Tensor:
-        name = self._key(key)
-        if name not in self._store:
-            raise KeyError(f"{name!r} was not cached; widen names_filter in run_with_cache")
-        return self._store[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._store)
-
-    def __len__(self) -> int:
-        return len(self._store)
-
-    def __repr__(self) -> str:
-        return f"ActivationCache({len(self)} activations)"
-
-    def layers(self, short: str) -> Tensor:
-        """Stack one activation over layers: cache.layers("pattern") -> [layer, ...]."""
-        found = sorted(
-            (int(m.group(1)), v) for k, v in self._store.items()
-            if (m := re.fullmatch(hook_name(short, 0).replace("blocks.0", r"blocks\.(\d+)"), k))
-        )
-        if not found:
-            raise KeyError(f"no cached {short!r} activations; widen names_filter in run_with_cache")
-        return torch.stack([v for _, v in found])
+    return attach

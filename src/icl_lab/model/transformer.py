@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Float, Int, Shaped
 from torch import Tensor, nn
 
 from icl_lab.errors import ConfigError
-from icl_lab.model.attention import Attention
+from icl_lab.data.tokenizer import Tokenizer
+from icl_lab.model.attention import Attention, KVCache, LayerKV, padding_mask
 from icl_lab.model.config import ModelConfig
 from icl_lab.model.hooks import HookedRootModule, HookPoint
 from icl_lab.model.init import matrix, zeros
+from icl_lab.model.text import TextMixin
 
 
 class LayerNorm(nn.Module):
@@ -112,9 +114,10 @@ class Block(nn.Module):
         qk = x + pos_embed
         return qk, qk, x
 
-    def forward(self, resid: Tensor, pos_embed: Tensor | None) -> Tensor:
+    def forward(self, resid: Tensor, pos_embed: Tensor | None, mask: Tensor | None = None,
+                positions: Tensor | None = None, past: LayerKV | None = None) -> Tensor:
         resid = self.hook_resid_pre(resid)
-        attn_out = self.hook_attn_out(self.attn(*self.attn_inputs(resid, pos_embed)))
+        attn_out = self.hook_attn_out(self.attn(*self.attn_inputs(resid, pos_embed), mask, positions, past))
         if self.cfg.parallel_attn_mlp:  # both read resid_pre (GPT-NeoX); no resid_mid exists
             return self.hook_resid_post(resid + attn_out + self.hook_mlp_out(self.mlp(self.ln2(resid))))
         resid = resid + attn_out
@@ -124,8 +127,20 @@ class Block(nn.Module):
         return self.hook_resid_post(resid)
 
 
-class Transformer(HookedRootModule):
+def _scored(attention_mask: Tensor) -> Tensor:
+    """[batch, pos-1] bool: the next-token predictions a padded batch scores (from a real token,
+    of a real token)."""
+    real = attention_mask.bool()
+    return real[:, :-1] & real[:, 1:]
+
+
+class Transformer(HookedRootModule, TextMixin):
     """A decoder-only transformer with TransformerLens-style hooks and weights.
+
+    Attributes:
+        tokenizer: the `Tokenizer` of the text it was trained on (set by `icl_lab.load_model`;
+            None for synthetic models), which `to_tokens` / `to_string` use.
+        bos_id: the token `to_tokens` puts first (None: the model's text starts without one).
 
     Example:
         >>> model = Transformer(ModelConfig(n_layers=2, d_model=64, n_heads=1, d_vocab=128, n_ctx=64))
@@ -146,6 +161,8 @@ class Transformer(HookedRootModule):
         self.ln_final = _norm(cfg)
         self.W_U = matrix(cfg, gen, cfg.d_model, cfg.d_vocab)
         self.b_U = zeros(cfg.d_vocab) if cfg.bias else None
+        self.tokenizer: Tokenizer | None = None
+        self.bos_id: int | None = None
         self.setup_hooks()
 
     def shortformer_pos(self, n_pos: int) -> Tensor | None:
@@ -159,41 +176,102 @@ class Transformer(HookedRootModule):
         return [p for name, p in self.named_parameters() if name.rsplit(".", 1)[-1].startswith("W_")]
 
     # ---- forward -------------------------------------------------------------------------
-    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
-        n_pos = tokens.shape[-1]
+    def forward(
+        self, tokens: Int[Tensor, "batch pos"], attention_mask: Shaped[Tensor, "batch key_pos"] | None = None,
+        stop_at_layer: int | None = None, kv_cache: KVCache | None = None,
+    ) -> Float[Tensor, "batch pos d_out"]:
+        """Logits [batch, pos, d_vocab] for every position.
+
+        Args:
+            tokens: [batch, pos] token ids.
+            attention_mask: optional [batch, pos], 1 at real tokens and 0 at left padding (from
+                `to_tokens(texts, return_mask=True)`): padding is never attended to, and positions
+                count from each row's first real token, so real tokens get the logits they would
+                get unpadded. With `kv_cache`, it covers the cached tokens too.
+            stop_at_layer: run blocks [0, stop_at_layer) only and return the residual stream
+                [batch, pos, d_model] there (`blocks.{stop_at_layer}.hook_resid_pre`); negative
+                values count from the end, as in a slice.
+            kv_cache: a `KVCache` of the tokens before `tokens`: they are attended to without
+                being rerun, and the new keys and values are appended (what `generate` does).
+
+        Raises:
+            ConfigError: the sequence is longer than n_ctx, a mask of another length, or
+                `stop_at_layer` with a `kv_cache`.
+        """
         tokens = tokens.to(self.W_E.device)  # inputs follow the model (a no-op when they are already there)
-        if n_pos > self.cfg.n_ctx:
-            raise ConfigError(f"sequence of {n_pos} tokens exceeds n_ctx={self.cfg.n_ctx}; truncate the input")
+        past = 0 if kv_cache is None else kv_cache.n_pos
+        n_pos, n_total = tokens.shape[-1], past + tokens.shape[-1]
+        if n_total > self.cfg.n_ctx:
+            raise ConfigError(f"sequence of {n_total} tokens exceeds n_ctx={self.cfg.n_ctx}; truncate the input")
+        if kv_cache is not None and stop_at_layer is not None:
+            raise ConfigError("stop_at_layer would leave the kv_cache's later layers behind; use one or the other")
+        mask, positions = self._mask_and_positions(tokens, attention_mask, past)
         resid = self.hook_embed(F.embedding(tokens, self.W_E))
         pos_embed = None
         if self.cfg.positional in ("learned", "shortformer"):
-            W_pos = self.W_pos if n_pos == self.cfg.n_ctx else self.W_pos[:n_pos]  # no slice to undo in backward
+            if positions is not None:
+                W_pos = self.W_pos[positions]  # [batch, pos, d_model]
+            else:
+                W_pos = self.W_pos if n_pos == self.cfg.n_ctx else self.W_pos[:n_pos]  # no slice to undo in backward
             pos_embed = self.hook_pos_embed(W_pos.expand_as(resid))
             if self.cfg.positional == "learned":
                 resid, pos_embed = resid + pos_embed, None
-        for block in self.blocks:
-            resid = block(resid, pos_embed)
+        blocks = self.blocks if stop_at_layer is None else self.blocks[:stop_at_layer]
+        for i, block in enumerate(blocks):
+            resid = block(resid, pos_embed, mask, positions, None if kv_cache is None else kv_cache.layers[i])
+        if kv_cache is not None:
+            kv_cache.n_pos = n_total
+        if stop_at_layer is not None:
+            return resid
         logits = self.ln_final(resid) @ self.W_U
         return logits if self.b_U is None else logits + self.b_U
 
-    def logits(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
-        """Logits for every position."""
-        return self(tokens)
+    def _mask_and_positions(self, tokens: Tensor, attention_mask: Tensor | None, past: int) -> tuple[Tensor | None, Tensor | None]:
+        """(attention mask [batch, 1, pos, past + pos], positions [batch, pos]) for a padded batch
+        or cached keys; (None, None) for the plain causal case, which keeps the fused path."""
+        batch, n_pos = tokens.shape
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(tokens.device)
+            if tuple(attention_mask.shape) != (batch, past + n_pos):
+                raise ConfigError(f"attention_mask {tuple(attention_mask.shape)} does not match tokens {(batch, past + n_pos)} "
+                                  "(cached and new); pass the mask to_tokens returned")
+            if past == 0 and attention_mask.bool().all():  # an all-ones mask changes nothing: stay fused
+                attention_mask = None
+        if attention_mask is None and past == 0:
+            return None, None
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, past + n_pos, dtype=torch.long, device=tokens.device)
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # [batch, pos]
+        return padding_mask(attention_mask)[:, :, past:], positions
 
-    def per_token_loss(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos_minus_1"]:
-        """Cross-entropy of predicting tokens[:, i+1] at position i, in nats: [batch, pos-1]."""
+    def logits(
+        self, tokens: Int[Tensor, "batch pos"], attention_mask: Shaped[Tensor, "batch pos"] | None = None,
+    ) -> Float[Tensor, "batch pos d_vocab"]:
+        """Logits for every position (of a left-padded batch too, with its `attention_mask`)."""
+        return self(tokens, attention_mask)
+
+    def per_token_loss(
+        self, tokens: Int[Tensor, "batch pos"], attention_mask: Shaped[Tensor, "batch pos"] | None = None,
+    ) -> Float[Tensor, "batch pos_minus_1"]:
+        """Cross-entropy of predicting tokens[:, i+1] at position i, in nats: [batch, pos-1].
+        With a left-padded batch's `attention_mask`, a prediction from or of padding scores 0."""
         tokens = tokens.to(self.W_E.device)
-        logits = self(tokens)
+        logits = self(tokens, attention_mask)
         # score every position against a target padded with ignore_index, then drop the last:
         # slicing the small loss instead of the logits avoids a logits-sized zero-fill in backward
         targets = F.pad(tokens[:, 1:], (0, 1), value=-100)
+        if attention_mask is not None:
+            targets = targets.masked_fill(~F.pad(_scored(attention_mask.to(tokens.device)), (0, 1)), -100)
         dtype = torch.float64 if self.cfg.loss_dtype == "fp64" else torch.float32
         loss = F.cross_entropy(logits.flatten(0, 1).to(dtype), targets.flatten(), reduction="none", ignore_index=-100)
         return loss.view(tokens.shape)[:, :-1]
 
-    def loss(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, ""]:
-        """Mean next-token cross-entropy in nats."""
-        return self.per_token_loss(tokens).mean()
+    def loss(self, tokens: Int[Tensor, "batch pos"], attention_mask: Shaped[Tensor, "batch pos"] | None = None) -> Float[Tensor, ""]:
+        """Mean next-token cross-entropy in nats (over real targets only, with an `attention_mask`)."""
+        per_token = self.per_token_loss(tokens, attention_mask)
+        if attention_mask is None:
+            return per_token.mean()
+        return per_token.sum() / _scored(attention_mask).sum().clamp(min=1)
 
     # ---- weights stacked over layers, TransformerLens orientation --------------------------
     def _stack(self, name: str) -> Tensor:

@@ -11,7 +11,7 @@ from pathlib import Path
 from icl_lab.errors import ConfigError
 from icl_lab.intervene.oocr import analyze_circuits
 from icl_lab.io import write_json
-from icl_lab.measure.oocr import evaluate_run, is_evaluated, task_of
+from icl_lab.pipeline.oocr import evaluate_run, is_evaluated, task_of
 from icl_lab.report.build import write_report
 from icl_lab.run.rundir import Run, load_run
 from icl_lab.train.config import ExperimentConfig

@@ -4,10 +4,12 @@ directories, so that `analyze`, `ablate` and `report` work on them unchanged. Be
 
 Families: GPT-2, GPT-NeoX / Pythia and Llama (Hugging Face folders with config.json and
 *.safetensors or pytorch_model*.bin). Logits match Hugging Face `transformers` to 1e-4 in fp32
-(tested on random small configs)."""
+(tested on random small configs). `load_model` reads the same sources (and run directories)
+straight into a `Transformer`, with its tokenizer attached."""
 
 from icl_lab.pretrained.families import FAMILIES
 from icl_lab.pretrained.gguf_file import read_gguf
 from icl_lab.pretrained.hf import BUILTINS, builtin_model, import_model, read_hf_folder
+from icl_lab.pretrained.load import load_model
 
-__all__ = ["BUILTINS", "FAMILIES", "builtin_model", "import_model", "read_gguf", "read_hf_folder"]
+__all__ = ["BUILTINS", "FAMILIES", "builtin_model", "import_model", "load_model", "read_gguf", "read_hf_folder"]

@@ -1,7 +1,8 @@
 """The report stage: one self-contained HTML page per set of runs (loss and ICL score over
 training, loss by position, PCA trajectories, the Model Analysis Table, an attention viewer, a
 composition graph and a verdict), and a local server that lists runs and opens their reports.
-After `intervene` in the flow data -> model -> train -> run -> measure -> intervene -> report -> cli.
+It reads what the pipeline stored and never runs a model (an import contract holds it to that).
+After `pipeline` in the flow data -> model -> train -> run -> measure -> intervene -> pipeline -> report -> cli.
 
 Example:
     >>> from icl_lab.report import write_report
@@ -17,6 +18,7 @@ from icl_lab.report.figures import (
     loss_figure,
     pca_figure,
 )
+from icl_lab.report.page import render_html
 from icl_lab.report.server import make_server
 from icl_lab.report.table import analysis_table_figure
 from icl_lab.report.verdict import Verdict, judge, verdict_lines

@@ -1,5 +1,5 @@
-"""Build a report from run directories: collect each run, judge it, render the page, write it
-atomically. `write_report` is what `icl-lab report` calls."""
+"""Build a report from run directories: collect each run's stored results, judge it, render the
+page, write it atomically. `write_report` is what `icl-lab report` calls."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from icl_lab.report.collect import RunData, collect_run
 from icl_lab.report.oocr_figures import oocr_verdict
 from icl_lab.report.page import render_html
 from icl_lab.report.verdict import Verdict, judge, verdict_lines
-from icl_lab.run.rundir import Run, load_run
+from icl_lab.run.files import RunFiles, open_run_files
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -35,15 +35,16 @@ def default_out(paths: Sequence[str | Path]) -> Path:
     return Path(os.path.commonpath([Path(p).resolve() for p in paths])) / "report.html"
 
 
-def build_report(runs: Sequence[Run], progress: Progress | None = None, refresh_s: int | None = None,
-                 device: str | None = None, dtype: str | None = None) -> tuple[str, list[Verdict], list[str]]:
-    """The report page's HTML for `runs`, their verdicts and the verdict lines (nothing is written)."""
+def build_report(runs: Sequence[RunFiles], progress: Progress | None = None,
+                 refresh_s: int | None = None) -> tuple[str, list[Verdict], list[str]]:
+    """The report page's HTML for `runs`, their verdicts and the verdict lines, from their stored
+    files alone (nothing is computed or written)."""
     data: list[RunData] = []
     verdicts: list[Verdict] = []
     for i, run in enumerate(runs):
-        data.append(collect_run(run, device=device, dtype=dtype))
+        data.append(collect_run(run))
         if run.config.data.kind != "oocr":  # out-of-context reasoning runs get their own verdict line
-            verdicts.append(judge(run, device=device, dtype=dtype))
+            verdicts.append(judge(run))
         if progress is not None:
             progress("report", i + 1, len(runs) + 1)
     lines = verdict_lines(verdicts) if verdicts else []
@@ -54,17 +55,14 @@ def build_report(runs: Sequence[Run], progress: Progress | None = None, refresh_
     return page, verdicts, lines
 
 
-def write_report(paths: Sequence[str | Path], out: str | Path | None = None, progress: Progress | None = None,
-                 device: str | None = None, dtype: str | None = None) -> Report:
+def write_report(paths: Sequence[str | Path], out: str | Path | None = None, progress: Progress | None = None) -> Report:
     """Write one offline HTML report for the run directories `paths`.
 
     Args:
-        paths: run directories; analysed runs get every section, others the loss curve and
-            attention viewer.
+        paths: run directories; analysed runs get every section, others the loss curve and a
+            line naming the command that fills each gap (the report reads, never computes).
         out: the HTML file (default: see `default_out`).
         progress: optional callback(what, done, total).
-        device, dtype: where the models behind the attention viewer, composition graph and
-            verdict run ("cpu", "cuda", ...; "fp32", "bf16", ...).
 
     Returns:
         The `Report` (path and verdict).
@@ -78,8 +76,8 @@ def write_report(paths: Sequence[str | Path], out: str | Path | None = None, pro
     out = Path(out) if out is not None else default_out(paths)
     if out.suffix.lower() not in (".html", ".htm"):
         raise ConfigError(f"--out {out} should end in .html; the report is one HTML file")
-    runs = [load_run(p) for p in paths]
-    page, verdicts, lines = build_report(runs, progress, device=device, dtype=dtype)
+    runs = [open_run_files(p) for p in paths]
+    page, verdicts, lines = build_report(runs, progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, page)
     return Report(out, lines, verdicts)

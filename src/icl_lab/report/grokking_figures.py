@@ -1,7 +1,7 @@
 """The grokking report's plots: train and test loss and accuracy on log steps with the three phases
 shaded, Nanda et al.'s progress measures, the embedding's Fourier spectrum over training and at
 the end, and the final model's neurons and attention as functions of (a, b). Each function takes
-the run's measure table (`icl_lab.measure.grokking_run.measure_table`) and/or its summary
+the run's measure table (`icl_lab.run.results.grokking_table`) and/or its summary
 (`analysis/grokking.json`) and returns a plotly Figure, so a notebook can show any one inline."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from icl_lab.measure.grokking import component_names
-from icl_lab.measure.grokking_run import frequency_table
+from icl_lab.data.modular import component_names
+from icl_lab.run.results import frequency_table
 from icl_lab.report.figures import LAYOUT, color
 
 PHASE_COLORS = {"memorisation": "#9ca3af", "circuit_formation": "#60a5fa", "cleanup": "#34d399"}

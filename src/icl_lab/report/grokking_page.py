@@ -15,7 +15,6 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from icl_lab.io import write_text
-from icl_lab.measure.grokking_run import load_summary, measure_table
 from icl_lab.report.grokking_figures import (
     curves_figure,
     inputs_figure,
@@ -25,7 +24,8 @@ from icl_lab.report.grokking_figures import (
     spectrum_figure,
 )
 from icl_lab.report.page import asset, script_json
-from icl_lab.run.rundir import Run
+from icl_lab.run.files import RunFiles
+from icl_lab.run.results import grokking_summary, grokking_table
 
 
 def _range(ph: dict | None) -> str:
@@ -122,12 +122,12 @@ seed {s['seed']} &middot; generated {dt.datetime.now():%Y-%m-%d %H:%M}</p></head
 """
 
 
-def write_grokking_report(run: Run, out: str | Path | None = None) -> Path:
+def write_grokking_report(run: RunFiles, out: str | Path | None = None) -> Path:
     """Write the run's grokking page (default RUN/report.html) from its measures and summary.
 
     Raises:
         ConfigError: the run has not been measured yet.
     """
     out = Path(out) if out is not None else run.path / "report.html"
-    write_text(out, render_grokking_html(run.path.name, measure_table(run), load_summary(run)))
+    write_text(out, render_grokking_html(run.path.name, grokking_table(run), grokking_summary(run)))
     return out

@@ -108,8 +108,9 @@ def render_html(runs: list[RunData], verdict: list[str], refresh_s: int | None =
                                  _plot("fig-composition"), "composition"))
     payload = {"figures": {k: json.loads(pio.to_json(f, validate=False)) for k, f in figures.items()},
                "attention": [_attention_payload(r) for r in viewer]}
-    run_rows = "".join(f"<tr><td><b>{html.escape(r.name)}</b></td><td>{html.escape(r.description)}</td>"
-                       f"<td>{'training' if r.training else ''}</td></tr>" for r in runs)
+    run_rows = "".join(f"<tr><td><b>{html.escape(r.name)}</b></td><td>{html.escape(r.description)}"
+                       + "".join(f"<br><span class=missing>{html.escape(m)}</span>" for m in r.missing)
+                       + f"</td><td>{'training' if r.training else ''}</td></tr>" for r in runs)
     names = ", ".join(r.name for r in runs)
     meta_refresh = f'<meta http-equiv="refresh" content="{refresh_s}">' if refresh_s else ""
     verdict_items = "".join(f"<li>{html.escape(line)}</li>" for line in verdict)

@@ -36,7 +36,7 @@ from icl_lab.errors import ConfigError, IclLabError
 from icl_lab.report.build import build_report
 from icl_lab.report.collect import is_training
 from icl_lab.report.page import asset
-from icl_lab.run.rundir import Run, load_run
+from icl_lab.run.files import RunFiles, open_run_files
 
 MAX_DEPTH = 4  # how deep under RUNS_DIR runs are looked for
 REFRESH_S = 10  # reload interval of pages that show a training run
@@ -73,7 +73,7 @@ def find_runs(root: Path) -> list[Path]:
 
 def run_record(root: Path, path: Path) -> dict:
     """What the run list shows about one run."""
-    run = load_run(path)
+    run = open_run_files(path)
     steps = run.checkpoints
     status = "training" if is_training(run) else run.meta.get("status", "unknown")
     if status in ("running", "stopped"):  # "running" without a live log: the trainer was killed
@@ -124,7 +124,7 @@ class ReportServer(ThreadingHTTPServer):
         paths = [target] if (target / "config.json").is_file() else [p for p in find_runs(target) if p.parent == target]
         if not paths:
             raise ConfigError(f"no run at {rel or '.'}")
-        runs = [load_run(p) for p in paths]
+        runs = [open_run_files(p) for p in paths]
         key = tuple(_fingerprint(r) for r in runs)
         with self.lock:
             cached, failed = self.cache.get(rel), self.failed.get(rel)
@@ -137,7 +137,7 @@ class ReportServer(ThreadingHTTPServer):
                 threading.Thread(target=self._build, args=(rel, runs, key), daemon=True).start()
         return None
 
-    def _build(self, rel: str, runs: list[Run], key: tuple) -> None:
+    def _build(self, rel: str, runs: list[RunFiles], key: tuple) -> None:
         try:
             with self.build_lock:
                 live = any(is_training(r) for r in runs)
@@ -154,7 +154,7 @@ class ReportServer(ThreadingHTTPServer):
                 self.building.discard(rel)
 
 
-def _fingerprint(run: Run) -> tuple:
+def _fingerprint(run: RunFiles) -> tuple:
     files = [run.layout.log, run.layout.metrics, run.layout.summary, run.layout.meta]
     stamps = tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.is_file() else None for f in files)
     return (str(run.path), stamps, tuple(run.checkpoints))

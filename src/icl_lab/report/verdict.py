@@ -3,22 +3,19 @@ which heads are induction heads; how much of the ICL score ablating them removes
 verdict box and the CLI print the same lines.
 
 Induction heads are the analysis summary's, chosen by the one rule in `icl_lab.measure.induction`
-(prefix matching > 0.5 and copying > 0.5); the CLI and `reproduce` read the same list."""
+(prefix matching > 0.5 and copying > 0.5); the CLI and `reproduce` read the same list. The share
+their joint ablation removes is the one `analyze` stored (`summary["induction_ablation"]`): the
+verdict reads, never runs a model."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from icl_lab.errors import CheckpointError
-from icl_lab.intervene.ablate import ablate_head_group
-from icl_lab.intervene.attribution import removed_fraction
-from icl_lab.measure.evalset import eval_set_for
-from icl_lab.measure.placement import place
-from icl_lab.measure.induction import induction_rule
-from icl_lab.measure.losses import icl_score, loss_by_token
-from icl_lab.run.rundir import Run
+from icl_lab.run.files import RunFiles
+
+INDUCTION_RULE = "prefix_matching > 0.5 and copying > 0.5"  # for summaries that predate `induction_rule`
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -47,25 +44,19 @@ class Verdict:
 def induction_heads(summary: dict) -> tuple[list[tuple[int, int]], str]:
     """The summary's induction heads and the rule they were chosen by."""
     heads = [(h["layer"], h["head"]) for h in summary["induction_heads"]]
-    rule = summary.get("induction_rule", {}).get("rule", induction_rule())
+    rule = summary.get("induction_rule", {}).get("rule", INDUCTION_RULE)
     return heads, rule if heads else ""
 
 
-@torch.inference_mode()
-def judge(run: Run, n_examples: int = 256, device: str | None = None, dtype: str | None = None) -> Verdict:
-    """The verdict on one analysed run (ablating its induction heads together at the last step)."""
+def judge(run: RunFiles) -> Verdict:
+    """The verdict on one run, from its stored analysis (not analysed: a verdict that says so)."""
     try:
         summary = run.summary()
     except CheckpointError:  # not analysed yet: the verdict says so instead of failing
         return Verdict(run.path.name, analysed=False)
     pc = summary["phase_change"]
     heads, criterion = induction_heads(summary)
-    removed = None
-    if heads:
-        ev = eval_set_for(run, n_examples)
-        losses = ablate_head_group(place(run.model(), device, dtype), ev.tokens, heads, kind="zero", pattern_preserving=True)
-        clean, ablated = (icl_score(loss_by_token(x.float().cpu())) for x in losses)
-        removed = removed_fraction(clean, ablated)
+    removed = (summary.get("induction_ablation") or {}).get("removed") if heads else None
     return Verdict(run.path.name, analysed=True,
                    phase_change=(pc["start_tokens"], pc["end_tokens"]) if pc["detected"] else None,
                    induction_heads=tuple(heads), criterion=criterion, removed=removed,
@@ -96,6 +87,9 @@ def verdict_lines(verdicts: list[Verdict]) -> list[str]:
         if v.removed is not None:
             ablation.append(f"{v.run} {_names(v.induction_heads)} removes {v.removed:.0%} of the ICL score "
                             f"({v.icl_score:+.2f} nats)")
+        elif v.induction_heads:
+            ablation.append(f"{v.run} {_names(v.induction_heads)}: share removed not stored (no in-context learning to remove, "
+                            f"or an analysis from an older icl-lab: rerun `icl-lab analyze`) (ICL score {v.icl_score:+.2f} nats)")
         else:
             ablation.append(f"{v.run} has no induction heads (ICL score {v.icl_score:+.2f} nats)")
     return [f"Phase change: {phase}{suffix}.", f"Induction heads: {heads}.",

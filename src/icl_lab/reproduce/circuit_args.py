@@ -13,13 +13,13 @@ import torch.nn.functional as F
 from plotly.subplots import make_subplots
 
 from icl_lab.intervene.ablate import ablate_head_group
-from icl_lab.intervene.attribution import PREFIX, ablate_run, is_ablated, removed_fraction
+from icl_lab.intervene.attribution import PREFIX, removed_fraction
 from icl_lab.intervene.patching import path_patch
-from icl_lab.measure.evalset import eval_set_for
 from icl_lab.measure.induction import induction_rule
 from icl_lab.measure.composition import composition_baseline, composition_scores
 from icl_lab.measure.head_scores import repeated_random_tokens
 from icl_lab.measure.losses import icl_score, loss_by_token
+from icl_lab.pipeline import ablate_run, eval_set_for, is_ablated
 from icl_lab.reproduce.family import Lab
 from icl_lab.reproduce.readout import LAYOUT, best, color, inductive
 from icl_lab.reproduce.verdict import Section, check

@@ -13,7 +13,7 @@ import torch
 
 from icl_lab.errors import IclLabError
 from icl_lab.measure.copying import copying_scores
-from icl_lab.measure.evalset import eval_set_for
+from icl_lab.pipeline.evalstore import eval_set_for
 from icl_lab.measure.induction import is_induction_head
 from icl_lab.measure.head_scores import masked_pattern_scores, prefix_matching_mask
 from icl_lab.measure.losses import icl_positions, icl_score, loss_by_token, per_token_losses

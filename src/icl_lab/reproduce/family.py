@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from icl_lab.errors import ConfigError
-from icl_lab.measure.analyze import analyze, is_analysed
+from icl_lab.pipeline.analyze import analyze, is_analysed
 from icl_lab.run.rundir import Run, load_run
 from icl_lab.train.config import ExperimentConfig
 from icl_lab.train.presets import get_preset

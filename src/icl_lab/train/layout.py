@@ -10,7 +10,7 @@ the trainer writes them and `icl_lab.run` reads them.
       tokenizer.json       text runs only: the tokenizer (icl_lab.data.Tokenizer.load)
       checkpoints/
         step_0000000.safetensors   weights, optimiser state and data-RNG state, one file per step
-      analysis/              written by `icl-lab analyze` (icl_lab.measure.analyze)
+      analysis/              written by the measurement pipeline (`icl-lab analyze`, icl_lab.pipeline)
         metrics.parquet      tidy table: run, step, tokens, metric, layer, head, position, value, baseline
         summary.json         phase change, ICL score, final head scores, induction heads
         before_after.json    the per-token-loss "before-and-after" vector of the phase change

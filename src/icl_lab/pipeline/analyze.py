@@ -1,0 +1,254 @@
+"""`analyze`: the paper's measurements at every checkpoint of one or more runs, through the
+pipeline (`icl_lab.pipeline.analysis` measurement objects, one walk per run), stored in each
+run's `analysis/` folder: the tidy table (via the run's `MetricsStore`), `summary.json`, the
+evaluation set, the viewer's patterns and the composition graph, so the report only reads.
+
+After the walk: a per-token-loss PCA fitted jointly over the runs that share an evaluation set,
+phase-change detection per run (`icl_lab.measure.phase`), the induction heads by the one rule
+(`icl_lab.measure.induction`) and the share of the ICL score that ablating them together removes
+(the report's verdict reads it)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from icl_lab.errors import ConfigError
+from icl_lab.intervene.ablate import ablate_head_group
+from icl_lab.intervene.attribution import removed_fraction
+from icl_lab.io import write_json
+from icl_lab.measure.evalset import EVAL_SEED, EvalSet, eval_context, make_eval_set
+from icl_lab.measure.induction import INDUCTION_THRESHOLDS, induction_heads, induction_rule
+from icl_lab.measure.losses import icl_positions, icl_score, loss_by_token
+from icl_lab.measure.pca import before_after_vector, joint_pca
+from icl_lab.measure.phase import detect_phase_change
+from icl_lab.measure.placement import place
+from icl_lab.pipeline.analysis import ANALYSIS, HEAD_METRICS, PerTokenLoss, clear_baselines
+from icl_lab.pipeline.base import Measurement, Progress, measurements, store_rows, walk
+from icl_lab.pipeline.evalstore import save_eval_set
+from icl_lab.pipeline.views import AttentionViewer, Composition
+from icl_lab.run.results import attention_paths
+from icl_lab.run.rundir import Run, check_eval_data
+from icl_lab.train.trainer import library_versions
+
+ANALYSIS_VERSION = 3  # bump when a definition changes: `--reuse` then redoes older analyses (3: stored views, group ablation)
+MIN_PHASE_CHECKPOINTS = 4
+SUMMARY_METRICS = ("loss", "icl_score", *HEAD_METRICS)  # what summary.json is built from
+
+
+def _phase(table: pd.DataFrame) -> dict:
+    series = table[table.metric.isin(("loss", "icl_score", "prefix_matching"))]
+    series = series.pivot_table(index="tokens", columns="metric", values="value", aggfunc="max")
+    series = series[series.index > 0]
+    if len(series) >= MIN_PHASE_CHECKPOINTS:
+        return detect_phase_change(series.index.to_numpy(float), series["icl_score"].to_numpy(),
+                                   series["prefix_matching"].to_numpy(), series["loss"].to_numpy())
+    # e.g. one imported pretrained checkpoint: the scores stand, a transition cannot be seen
+    return {"detected": False, "start_tokens": None, "end_tokens": None, "loss_bump": None, "overlap": None,
+            "coincide": False, "icl_window": None, "prefix_matching_window": None,
+            "reason": f"{len(series)} checkpoints after step 0; detecting a phase change needs {MIN_PHASE_CHECKPOINTS}"}
+
+
+def group_ablation(run: Run, ev: EvalSet, heads: list[tuple[int, int]], device: str | None, dtype: str | None) -> dict | None:
+    """Share of the ICL score that pattern-preserving zero-ablation of all `heads` together
+    removes at the final checkpoint (None when there are no heads)."""
+    if not heads:
+        return None
+    with torch.inference_mode():
+        losses = ablate_head_group(place(run.model(), device, dtype), ev.tokens, heads, kind="zero", pattern_preserving=True)
+    clean, ablated = (icl_score(loss_by_token(x.float().cpu())) for x in losses)
+    removed = removed_fraction(clean, ablated)
+    return {"step": run.checkpoints[-1], "heads": [list(h) for h in heads], "kind": "zero", "pattern_preserving": True,
+            "clean_icl_score": clean, "ablated_icl_score": ablated, "removed": None if np.isnan(removed) else removed}
+
+
+def _summary(run: Run, table: pd.DataFrame, ev: EvalSet) -> dict:
+    icl = table[table.metric == "icl_score"].sort_values("step")
+    final = table[(table.step == table.step.max()) & table.metric.isin(HEAD_METRICS)]
+    head_records = []
+    for (layer, head), g in final.groupby(["layer", "head"]):
+        g = g.set_index("metric")
+        head_records.append({"layer": int(layer), "head": int(head), **{m: float(g.value[m]) for m in HEAD_METRICS},
+                             "ci": {m: [float(g.lo[m]), float(g.hi[m])] for m in HEAD_METRICS if not np.isnan(g.lo[m])}})
+    early, late = icl_positions(eval_context(run))
+    last = icl.iloc[-1]
+    return {
+        "run": str(run.path),
+        "phase_change": _phase(table),
+        "icl_score": {"initial": float(icl.value.iloc[0]), "final": float(last.value), "final_ci": [float(last.lo), float(last.hi)],
+                      "early_token": early, "late_token": late},
+        "heads": head_records,
+        "induction_heads": [{"layer": l, "head": h} for l, h in induction_heads(head_records)],
+        "induction_rule": {"rule": induction_rule(), "thresholds": INDUCTION_THRESHOLDS},
+        "provenance": {"versions": library_versions(), "analysis_version": ANALYSIS_VERSION,
+                       "eval_set": ev.fingerprint, "eval_seed": EVAL_SEED, "bos": ev.bos,
+                       "tokenizer": run.meta.get("tokenizer_fingerprint")},
+    }
+
+
+def _groups(runs: Sequence[Run], sets: dict[str, EvalSet]) -> dict[str, list[Run]]:
+    """Runs grouped by evaluation-set fingerprint, each group sorted by path (so the joint PCA
+    does not depend on the order the runs were given in)."""
+    groups: dict[str, list[Run]] = {}
+    for run in sorted(runs, key=lambda r: str(r.path)):
+        groups.setdefault(sets[str(run.path)].fingerprint, []).append(run)
+    return groups
+
+
+def is_analysed(runs: Sequence[Run], n_examples: int = 256) -> bool:
+    """Whether `analyze(runs, n_examples)` has already run on exactly these runs, with the current
+    definitions, after their latest checkpoints: rerunning it would rewrite the same tables."""
+    sets = {}
+    for run in runs:
+        steps = run.checkpoints
+        if not run.layout.summary.is_file() or not run.layout.eval_set.is_file() or not steps:
+            return False
+        if run.layout.summary.stat().st_mtime < run.layout.checkpoint(steps[-1]).stat().st_mtime:
+            return False
+        if not all(p.is_file() for p in attention_paths(run)):
+            return False
+        sets[str(run.path)] = make_eval_set(run, n_examples)
+    for fp, group in _groups(runs, sets).items():
+        for run in group:
+            s = run.summary()
+            prov = s.get("provenance", {})
+            if (prov.get("analysis_version") != ANALYSIS_VERSION or prov.get("eval_set") != fp
+                    or s.get("pca", {}).get("runs") != [str(r.path) for r in group]):
+                return False
+    return True
+
+
+def _check(runs: Sequence[Run]) -> None:
+    if not runs:
+        raise ConfigError("analyze needs at least one run directory")
+    for r in runs:
+        if r.config.data.kind in ("oocr", "modular"):
+            fix = "score it with `icl-lab oocr`" if r.config.data.kind == "oocr" else f"measure it with `icl-lab grok --run {r.path}`"
+            raise ConfigError(f"{r.path} is a {r.config.data.kind} run, which has no in-context-learning analysis; {fix}")
+        if not r.checkpoints:
+            raise ConfigError(f"{r.path} has no checkpoints yet; train it first")
+        check_eval_data(r)
+
+
+def _measurements(only: Sequence[str] | None) -> list[Measurement]:
+    if only is None:
+        return [*measurements(ANALYSIS), AttentionViewer(), Composition()]
+    return measurements(only)
+
+
+def analyze(runs: Sequence[Run], n_examples: int = 256, progress: Progress | None = None, write: bool = True,
+            device: str | None = None, dtype: str | None = None, only: Sequence[str] | None = None) -> dict[str, dict]:
+    """Measure every checkpoint of `runs` and (by default) store the results in each run's `analysis/`.
+
+    Args:
+        runs: runs to measure. Each is evaluated on its own evaluation set (its data and a fixed
+            seed); runs whose sets are equal share one per-token-loss PCA space.
+        n_examples: evaluation sequences.
+        progress: optional callback(run name, checkpoints done, total).
+        write: store the table, summary.json, the evaluation set, the viewer and the composition graph.
+        device, dtype: where to measure ("cpu", "cuda", "auto"; "fp32", "bf16", ...).
+        only: registered measurement names (`icl_lab.pipeline.REGISTRY`) to run instead of all;
+            their rows replace the stored ones, and summary.json is rebuilt when the table then
+            holds everything it needs.
+
+    Returns:
+        Run path -> summary dict (keys documented in docs/analysis.md); empty for a run whose
+        summary could not be built (an `only` run on a run never fully analysed).
+
+    Raises:
+        ConfigError: a run without checkpoints, an out-of-context or grokking run, an unknown measurement.
+        DataError: a text run whose tokenizer or data no longer match what it was trained on.
+    """
+    _check(runs)
+    _measurements(only)  # an unknown name fails before any work
+    sets = {str(r.path): make_eval_set(r, n_examples) for r in runs}
+    summaries = {}
+    for group in _groups(runs, sets).values():
+        walked = []
+        try:
+            for run in group:
+                ms = _measurements(only)
+                walked.append((run, ms, walk(run, ms, sets[str(run.path)], progress=progress, device=device, dtype=dtype)))
+        finally:
+            clear_baselines()
+        pca = _joint_pca(walked)
+        for run, ms, table in walked:
+            ev = sets[str(run.path)]
+            table = pd.concat([table, pca.get(str(run.path), pd.DataFrame())], ignore_index=True)
+            summaries[str(run.path)] = _finish(run, ms, table, ev, group, pca, n_examples, write, device, dtype)
+    return {str(r.path): summaries[str(r.path)] for r in runs}
+
+
+def _joint_pca(walked: list[tuple[Run, list[Measurement], pd.DataFrame]]) -> dict:
+    """Rows `pca_1..k` per run and the explained variance, from the runs' per-token-loss vectors."""
+    found = [(run, next((m for m in ms if isinstance(m, PerTokenLoss)), None)) for run, ms, _ in walked]
+    found = [(run, m) for run, m in found if m is not None and m.vectors]
+    if not found:
+        return {}
+    proj, explained = joint_pca(np.concatenate([np.stack(m.vectors) for _, m in found]))
+    out, offset = {"explained": explained.tolist(), "vectors": {}}, 0
+    for run, m in found:
+        coords, offset = proj[offset : offset + len(m.steps)], offset + len(m.steps)
+        per_step = run.config.train.batch_size * run.config.model.n_ctx
+        out[str(run.path)] = pd.DataFrame([{"run": run.path.name, "step": s, "tokens": s * per_step, "metric": f"pca_{k + 1}",
+                                            "value": float(c[k])} for s, c in zip(m.steps, coords) for k in range(coords.shape[1])])
+        out["vectors"][str(run.path)] = (m.steps, np.stack(m.vectors))
+    return out
+
+
+def _finish(run: Run, ms: list[Measurement], table: pd.DataFrame, ev: EvalSet, group: list[Run], pca: dict,
+            n_examples: int, write: bool, device: str | None, dtype: str | None) -> dict:
+    """Store one run's rows and views, then build its summary from the stored table."""
+    settings = {"eval_set": ev.fingerprint, "eval_seed": EVAL_SEED, "bos": ev.bos, "n_examples": len(ev.tokens),
+                "tokenizer": run.meta.get("tokenizer_fingerprint"), "analysis_version": ANALYSIS_VERSION,
+                "induction_rule": {"rule": induction_rule(), "thresholds": INDUCTION_THRESHOLDS}}
+    stored = store_rows(run, ms, table, settings) if write else table
+    if write:
+        save_eval_set(run, ev)
+    if not set(SUMMARY_METRICS) <= set(stored.metric.unique()):
+        if write:
+            _save_views(run, ms, None, device, dtype)
+        return {}
+    stored = stored[stored.step.isin(run.checkpoints)]
+    summary = _summary(run, stored, ev)
+    previous = run.summary() if run.layout.summary.is_file() else {}
+    summary["pca"] = ({"explained_variance": pca["explained"], "runs": [str(r.path) for r in group]}
+                      if str(run.path) in pca.get("vectors", {}) else previous.get("pca", {}))
+    summary["n_examples"] = n_examples
+    heads = [(h["layer"], h["head"]) for h in summary["induction_heads"]]
+    summary["induction_ablation"] = group_ablation(run, ev, heads, device, dtype)
+    if write:
+        _save_views(run, ms, summary, device, dtype)
+        _write_before_after(run, summary, pca.get("vectors", {}).get(str(run.path)))
+        write_json(run.layout.summary, summary)
+    return summary
+
+
+def _save_views(run: Run, ms: list[Measurement], summary: dict | None, device: str | None, dtype: str | None) -> None:
+    """Store the viewer (adding the phase window's edges to it) and anything else the measurements keep."""
+    for m in ms:
+        if isinstance(m, AttentionViewer) and summary and summary["phase_change"]["detected"]:
+            per_step = run.config.train.batch_size * run.config.model.n_ctx
+            edges = [int(summary["phase_change"][k] // per_step) for k in ("start_tokens", "end_tokens")]
+            missing = [s for s in edges if s in run.checkpoints and s not in m.patterns]
+            if missing:
+                walk(run, [m], steps=missing, device=device, dtype=dtype)
+        m.save(run)
+
+
+def _write_before_after(run: Run, summary: dict, vectors: tuple[list[int], np.ndarray] | None) -> None:
+    if vectors is None:
+        return
+    steps, vecs = vectors
+    phase = summary["phase_change"]
+    if not phase["detected"]:
+        run.layout.before_after.unlink(missing_ok=True)
+        return
+    per_step = run.config.train.batch_size * run.config.model.n_ctx
+    by_tokens = {s * per_step: i for i, s in enumerate(steps)}
+    start, end = by_tokens[int(phase["start_tokens"])], by_tokens[int(phase["end_tokens"])]
+    write_json(run.layout.before_after, {"start_step": steps[start], "end_step": steps[end],
+                                         "vector": before_after_vector(vecs[start], vecs[end]).tolist()})
