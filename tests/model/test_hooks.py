@@ -108,3 +108,25 @@ def test_weights_use_transformer_lens_orientation():
     assert model.W_Q.shape == (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head)
     assert model.blocks[0].mlp.W_in.shape == (cfg.d_model, cfg.d_mlp)
     assert model.W_E.shape == (cfg.d_vocab, cfg.d_model) and model.W_U.shape == (cfg.d_model, cfg.d_vocab)
+
+
+def test_per_head_results_on_request(tokens):
+    model = Transformer(tiny_config(d_mlp=16), seed=3).eval()
+    logits, full = model.run_with_cache(tokens)
+    assert not any(n.endswith("hook_result") for n in full)  # not built unless asked for
+    hooked, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("hook_result", "hook_z")))
+    assert torch.allclose(hooked, logits, atol=1e-5)
+    assert cache["result", 1].shape == (3, 24, 2, 32)
+    assert torch.allclose(cache["result", 1], full.head_results(1), atol=1e-6)  # full: computed from hook_z
+    _, only = model.run_with_cache(tokens, names_filter="blocks.1.attn.hook_result")
+    assert torch.equal(only.head_results(1, pos_slice=-1), only["result", 1][:, -1])  # read from the cache
+
+    def zero_result(x, *, hook):
+        return x.index_fill(2, torch.tensor([1]), 0.0)
+
+    def zero_z(x, *, hook):
+        return x.index_fill(2, torch.tensor([1]), 0.0)
+
+    by_result = model.run_with_hooks(tokens, [("blocks.0.attn.hook_result", zero_result)])
+    by_z = model.run_with_hooks(tokens, [("blocks.0.attn.hook_z", zero_z)])
+    assert torch.allclose(by_result, by_z, atol=1e-5) and not torch.allclose(by_result, logits, atol=1e-3)

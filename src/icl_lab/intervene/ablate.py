@@ -33,6 +33,7 @@ KINDS: tuple[AblationKind, ...] = ("zero", "mean", "resample")
 
 
 def all_heads(model: Transformer) -> list[tuple[int, int]]:
+    """Every (layer, head) of the model, layer by layer: the default set `ablate_heads` sweeps."""
     return [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
 
 

@@ -128,6 +128,7 @@ class Attention(nn.Module):
         self.hook_attn_scores = HookPoint()  # [batch, head, query_pos, key_pos], masked, pre-softmax
         self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_result = HookPoint()  # [batch, pos, head, d_model]: each head's z @ W_O, built only when hooked
 
     @staticmethod
     def _project(x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
@@ -185,7 +186,10 @@ class Attention(nn.Module):
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         z = self.hook_z(z.transpose(1, 2))  # [batch, pos, head, d_head]
         h, e, d = self.W_O.shape
-        out = z.reshape(*z.shape[:2], h * e) @ self.W_O.reshape(h * e, d)
+        if self.hook_result.active:  # per-head outputs cost d_model x more memory than z: only on request
+            out = self.hook_result(torch.einsum("bphe,hed->bphd", z, self.W_O)).sum(2)
+        else:
+            out = z.reshape(*z.shape[:2], h * e) @ self.W_O.reshape(h * e, d)
         return out if self.b_O is None else out + self.b_O
 
     def _smear(self, k: Tensor, mask: Tensor | None, past: LayerKV | None) -> Tensor:

@@ -36,7 +36,7 @@ _SHORT = {
     "resid_pre": "blocks.{l}.hook_resid_pre", "resid_mid": "blocks.{l}.hook_resid_mid",
     "resid_post": "blocks.{l}.hook_resid_post", "attn_out": "blocks.{l}.hook_attn_out",
     "mlp_out": "blocks.{l}.hook_mlp_out", "q": "blocks.{l}.attn.hook_q", "k": "blocks.{l}.attn.hook_k",
-    "v": "blocks.{l}.attn.hook_v", "z": "blocks.{l}.attn.hook_z", "rot_q": "blocks.{l}.attn.hook_rot_q",
+    "v": "blocks.{l}.attn.hook_v", "z": "blocks.{l}.attn.hook_z", "result": "blocks.{l}.attn.hook_result", "rot_q": "blocks.{l}.attn.hook_rot_q",
     "rot_k": "blocks.{l}.attn.hook_rot_k", "attn_scores": "blocks.{l}.attn.hook_attn_scores",
     "pattern": "blocks.{l}.attn.hook_pattern", "pre": "blocks.{l}.mlp.hook_pre",
     "post": "blocks.{l}.mlp.hook_post",
@@ -242,7 +242,10 @@ class ActivationCache(Mapping[str, Tensor]):
 
     def head_results(self, layer: int, pos_slice: PosSlice = None) -> Float[Tensor, "*batch_and_pos head d_model"]:
         """What each head of `layer` writes to the residual stream, z @ W_O per head (without
-        b_O): [batch, pos, head, d_model], from the cached `hook_z`."""
+        b_O): [batch, pos, head, d_model], the cached `attn.hook_result` if there is one, else
+        from the cached `hook_z`."""
+        if hook_name("result", layer) in self:
+            return _at_pos(self["result", layer], pos_slice, pos_dim=1)
         z = _at_pos(self["z", layer], pos_slice, pos_dim=1)  # [batch, pos, head, d_head]
         W_O = self._need_model().blocks[layer].attn.W_O.to(z.device, z.dtype)
         return einops.einsum(z, W_O, "... head d_head, head d_head d_model -> ... head d_model")

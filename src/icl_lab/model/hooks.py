@@ -67,9 +67,12 @@ class HookPoint(nn.Module):
         return self.name
 
 
+ON_REQUEST = ("attn.hook_result",)  # hook points that cost memory when active: cached only when named
+
+
 def _as_predicate(names: NameFilter) -> Callable[[str], bool]:
     if names is None:
-        return lambda name: True
+        return lambda name: not name.endswith(ON_REQUEST)
     if isinstance(names, str):
         return lambda name: name == names
     if callable(names):
@@ -159,7 +162,9 @@ class HookedRootModule(nn.Module):
 
         Args:
             tokens: [batch, pos] token ids.
-            names_filter: a hook name, a list of names, or a predicate; None caches everything.
+            names_filter: a hook name, a list of names, or a predicate; None caches everything
+                except the per-head `attn.hook_result` ([batch, pos, head, d_model], built only
+                when something asks for it by name or predicate).
             forward_kwargs: passed to the forward (`attention_mask`, `stop_at_layer`).
 
         Returns:

