@@ -174,7 +174,8 @@ def _checkpoints(layout: RunLayout, cfg: ExperimentConfig | None, fix: str) -> l
 
 def _analysis(layout: RunLayout) -> list[FileCheck]:
     checks = []
-    for path in (layout.summary, layout.before_after, layout.oocr):
+    stored = [layout.analysis_dir / name for name in ("attention.json", "composition.json", "grokking.json", "provenance.json")]
+    for path in (layout.summary, layout.before_after, layout.oocr, *stored):
         if path.is_file():
             try:
                 json.loads(path.read_bytes().decode("utf-8"))
@@ -191,14 +192,19 @@ def _analysis(layout: RunLayout) -> list[FileCheck]:
         except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
             checks.append(FileCheck(_rel(layout, layout.metrics), False, f"damaged ({str(e).splitlines()[0][:60]})",
                                     f"rerun `icl-lab analyze {layout.root}` (and `icl-lab ablate`)"))
-    if layout.eval_set.is_file():
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(layout.eval_set), framework="pt") as f:
-                n = sum(f.get_tensor(k).numel() for k in f.keys())
-            checks.append(FileCheck(_rel(layout, layout.eval_set), True, f"{n:,} values"))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            checks.append(FileCheck(_rel(layout, layout.eval_set), False, f"damaged ({str(e).splitlines()[0][:60]})",
-                                    f"rerun `icl-lab analyze {layout.root}`"))
+    for path in (layout.eval_set, layout.analysis_dir / "attention.safetensors"):
+        if path.is_file():
+            checks.append(_tensor_file(layout, path))
     return checks
+
+
+def _tensor_file(layout: RunLayout, path) -> FileCheck:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            n = sum(f.get_tensor(k).numel() for k in f.keys())
+        return FileCheck(_rel(layout, path), True, f"{n:,} values")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        return FileCheck(_rel(layout, path), False, f"damaged ({str(e).splitlines()[0][:60]})",
+                         f"rerun `icl-lab analyze {layout.root}`")
