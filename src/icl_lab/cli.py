@@ -20,6 +20,7 @@ from rich.table import Table
 
 import icl_lab
 from icl_lab.cli_experiments import register_experiments
+from icl_lab.cli_sweep import register_sweep
 from icl_lab.errors import ConfigError, IclLabError, IclLabWarning
 from icl_lab.train.config import ExperimentConfig
 from icl_lab.train.layout import RunLayout
@@ -395,6 +396,7 @@ def verify_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> 
 
 
 register_experiments(app)
+register_sweep(app)
 
 
 def _show_warning(message, category, *args, _default=warnings.showwarning, **kwargs) -> None:
