@@ -41,9 +41,9 @@ def test_import_takes_a_built_in_name_as_its_path(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from icl_lab.cli import app
-    from tests.pretrained.test_load_model import _gguf
+    from tests.pretrained.gguf_fixture import write_gguf
 
-    gguf = _gguf(tmp_path / "m.gguf")
+    gguf = write_gguf(tmp_path / "m.gguf")
     monkeypatch.setattr("icl_lab.pretrained.load.builtin_model", lambda name: gguf)
     result = CliRunner().invoke(app, ["import", "smollm2-135m", "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output

@@ -14,6 +14,7 @@ from icl_lab.data import Tokenizer, load_tokens, sample_windows
 from icl_lab.errors import CheckpointError, DataError
 from icl_lab.pretrained import import_model
 from icl_lab.run import check_eval_data, load_run
+from tests.pretrained.gguf_fixture import TOKEN_HI, write_gguf
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -128,31 +129,8 @@ def test_without_tokenizer_json_the_fallback_is_recorded(tmp_path):
 
 def test_a_gguf_file_gives_its_tokenizer_and_bos(tmp_path):
     """SmolLM2's layout: a byte-level BPE in the metadata, BOS 0 = <|endoftext|>."""
-    gguf = pytest.importorskip("gguf")
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    rng = np.random.default_rng(0)
-    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
-    for add, value in (("block_count", 1), ("context_length", 32), ("embedding_length", 32), ("feed_forward_length", 48),
-                       ("head_count", 2), ("head_count_kv", 2), ("rope_dimension_count", 16)):
-        getattr(w, f"add_{add}")(value)
-    tokens = ["<|endoftext|>", *ByteLevel.alphabet(), "hi"]
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list(tokens)
-    w.add_token_types([3] + [1] * (len(tokens) - 1))
-    w.add_token_merges(["h i"])
-    w.add_bos_token_id(0)
-    shapes = {"token_embd.weight": (300, 32), "output_norm.weight": (32,), "output.weight": (300, 32)}
-    for name, shape in (("attn_norm", (32,)), ("ffn_norm", (32,)), ("attn_q", (32, 32)), ("attn_k", (32, 32)), ("attn_v", (32, 32)),
-                        ("attn_output", (32, 32)), ("ffn_gate", (48, 32)), ("ffn_up", (48, 32)), ("ffn_down", (32, 48))):
-        shapes[f"blk.0.{name}.weight"] = shape
-    for name, shape in shapes.items():
-        w.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_gguf(tmp_path / "m.gguf")
     run = import_model(tmp_path / "m.gguf", tmp_path / "run")
     assert run.meta["tokenizer_source"] == "gguf" and run.meta["bos_source"] == "tokenizer.ggml.bos_token_id"
     assert run.config.data.bos_id == 0 and run.tokenizer().eot == 0
-    assert run.tokenizer().encode("hi") == [len(tokens) - 1]
+    assert run.tokenizer().encode("hi") == [TOKEN_HI]

@@ -10,6 +10,7 @@ import torch
 import icl_lab
 from icl_lab.errors import CheckpointError, ConfigError
 from icl_lab.pretrained import import_model
+from tests.pretrained.gguf_fixture import write_gguf
 from tests.pretrained.test_hf_tokenizer import _llama, _tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -74,38 +75,8 @@ def test_a_folder_of_revisions_picks_the_step(tmp_path):
         icl_lab.load_model(tmp_path / "revs", step=5)
 
 
-def _gguf(path):
-    """A one-block Llama GGUF file with SmolLM2's tokenizer layout (byte-level BPE, BOS 0)."""
-    gguf = pytest.importorskip("gguf")
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    rng = np.random.default_rng(0)
-    w = gguf.GGUFWriter(str(path), "llama")
-    for add, value in (("block_count", 1), ("context_length", 32), ("embedding_length", 32), ("feed_forward_length", 48),
-                       ("head_count", 2), ("head_count_kv", 2), ("rope_dimension_count", 16)):
-        getattr(w, f"add_{add}")(value)
-    tokens = ["<|endoftext|>", *ByteLevel.alphabet(), "hi"]
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list(tokens)
-    w.add_token_types([3] + [1] * (len(tokens) - 1))
-    w.add_token_merges(["h i"])
-    w.add_bos_token_id(0)
-    shapes = {"token_embd.weight": (300, 32), "output_norm.weight": (32,), "output.weight": (300, 32)}
-    for name, shape in (("attn_norm", (32,)), ("ffn_norm", (32,)), ("attn_q", (32, 32)), ("attn_k", (32, 32)),
-                        ("attn_v", (32, 32)), ("attn_output", (32, 32)), ("ffn_gate", (48, 32)), ("ffn_up", (48, 32)),
-                        ("ffn_down", (32, 48))):
-        shapes[f"blk.0.{name}.weight"] = shape
-    for name, shape in shapes.items():
-        w.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
-
-
 def test_a_gguf_file_and_a_built_in_name(tmp_path, monkeypatch):
-    path = _gguf(tmp_path / "m.gguf")
+    path = write_gguf(tmp_path / "m.gguf")
     model = icl_lab.load_model(path)
     assert model.bos_id == 0 and model.to_tokens("hi").tolist() == [[0, 257]]
     assert model.to_string(model.generate(model.to_tokens("hi"), 3, temperature=0)[0, 1:]).startswith("hi")
