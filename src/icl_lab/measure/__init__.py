@@ -9,6 +9,9 @@ from icl_lab.measure.copying import copying_direct_scores, copying_olsson_scores
 from icl_lab.measure.induction import INDUCTION_THRESHOLDS, induction_heads, is_induction_head
 from icl_lab.measure.factored import Factored, full_ov_circuit, full_qk_circuit, ov_circuit, qk_circuit
 from icl_lab.measure.composition import composition_baseline, composition_scores, k_composition_eigen_trace, qk_ov
+from icl_lab.measure.llc import LLCEstimate, SGLDSettings, llc  # `llc` is the function; the module stays importable
+from icl_lab.measure.llc_calibration import calibrate
+from icl_lab.measure.llc_stages import compare_stages, llc_stages
 from icl_lab.measure.losses import dloss_dlnpos, icl_positions, icl_score, loss_by_token, per_token_losses
 from icl_lab.measure.head_scores import (
     attention_patterns,
@@ -25,4 +28,5 @@ __all__ = [
     "INDUCTION_THRESHOLDS", "induction_heads", "is_induction_head", "dloss_dlnpos", "duplicate_token_scores", "icl_positions",
     "icl_score", "loss_by_token", "ov_eigen_positivity", "per_token_losses",
     "prefix_matching_scores", "previous_token_scores", "repeated_random_tokens",
+    "LLCEstimate", "SGLDSettings", "calibrate", "compare_stages", "llc", "llc_stages",
 ]

@@ -8,6 +8,8 @@ position, `[batch, pos, d_vocab]`."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int, Shaped
@@ -168,6 +170,12 @@ class Transformer(HookedRootModule, TextMixin):
     def shortformer_pos(self, n_pos: int) -> Tensor | None:
         """The positional term added to every layer's query and key inputs (shortformer only)."""
         return self.W_pos[:n_pos] if self.cfg.positional == "shortformer" else None
+
+    def to(self, *args: Any, print_details: bool = True, **kwargs: Any) -> "Transformer":
+        """`nn.Module.to`, also accepting TransformerLens's `print_details` keyword (ignored), so
+        tools that take any model with `cfg.n_heads` for a HookedTransformer (devinterp's SGLD
+        sampler calls `.to(device, print_details=False)`) can move this one too."""
+        return super().to(*args, **kwargs)
 
     def weight_matrices(self) -> list[nn.Parameter]:
         """The weight matrices and embeddings (every parameter named `W_*`, by the TransformerLens

@@ -83,6 +83,8 @@ class Measurement:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     needs_eval_set: ClassVar[bool] = True
+    needs_grad: ClassVar[bool] = False  # e.g. the LLC's SGLD chains: the walk then leaves autograd on
+    fans_out: ClassVar[bool] = True  # rows depend only on (run, checkpoint): can run as fan-out tasks
 
     def start(self, run: Run, ev: EvalSet | None, device: str | None, dtype: str | None) -> None:
         """Per-run setup before the walk (e.g. a random-init baseline)."""
@@ -117,8 +119,8 @@ def register(cls: type[Measurement]) -> type[Measurement]:
     return cls
 
 
-def measurements(names: Iterable[str]) -> list[Measurement]:
-    """Instances of the registered measurements `names`, in order.
+def measurements(names: Iterable[str], options: dict[str, dict] | None = None) -> list[Measurement]:
+    """Instances of the registered measurements `names`, in order, each built with its `options[name]`.
 
     Raises:
         ConfigError: an unknown name; the message lists the known ones.
@@ -127,7 +129,7 @@ def measurements(names: Iterable[str]) -> list[Measurement]:
     for name in names:
         if name not in REGISTRY:
             raise ConfigError(f"unknown measurement {name!r}; choose from {', '.join(sorted(REGISTRY))}")
-        out.append(REGISTRY[name]())
+        out.append(REGISTRY[name](**(options or {}).get(name, {})))
     return out
 
 
@@ -151,7 +153,7 @@ def walk(run: Run, ms: Sequence[Measurement], ev: EvalSet | None = None, steps: 
     model = place(Transformer(run.config.model), device, dtype).eval()
     per_step = run.config.train.batch_size * run.config.model.n_ctx
     rows: list[dict] = []
-    with torch.inference_mode():
+    with torch.inference_mode(not any(m.needs_grad for m in ms)):
         for i, step in enumerate(steps):
             active = [m for m in ms if m.wants(step, steps)]
             if active:
@@ -182,17 +184,32 @@ def store_rows(run: Run, ms: Sequence[Measurement], table: pd.DataFrame, setting
 
 
 def measure_run(run: Run, names: Sequence[str], ev: EvalSet | None = None, progress: Progress | None = None,
-                device: str | None = None, dtype: str | None = None) -> pd.DataFrame:
+                device: str | None = None, dtype: str | None = None, executor: str | None = None, jobs: int = 1,
+                threads: int = 1, options: dict[str, dict] | None = None) -> pd.DataFrame:
     """Walk `run` with the registered measurements `names` and store their rows. Measurements
     that need an evaluation set get the run's stored one (or a fresh one, stored).
+
+    Args:
+        executor: None walks serially; "local", "ray" or "slurm" fans each measurement's
+            checkpoints out as tasks (`icl_lab.pipeline.fanout`), `jobs` at once with `threads` each.
+        options: name -> keyword arguments of that measurement's constructor.
 
     Returns:
         The run's stored table after the merge.
     """
-    ms = measurements(names)
+    options = options or {}
+    ms = measurements(names, options)
     if ev is None and any(m.needs_eval_set for m in ms):
         ev = eval_set_for(run, store=True)
-    table = walk(run, ms, ev, progress=progress, device=device, dtype=dtype)
+    if executor is None:
+        table = walk(run, ms, ev, progress=progress, device=device, dtype=dtype)
+    else:
+        from icl_lab.pipeline.fanout import fan_out  # the engines load only when asked for
+
+        for m in ms:
+            m.start(run, ev, device, dtype)  # what `save` needs (e.g. the final model's frequencies)
+        table = pd.concat([fan_out(run, m.name, options.get(m.name), engine=executor, n_jobs=jobs, threads=threads,
+                                   device=device, dtype=dtype, progress=progress) for m in ms], ignore_index=True)
     stored = store_rows(run, ms, table, {"eval_set": ev.fingerprint} if ev is not None else None)
     for m in ms:
         m.save(run)

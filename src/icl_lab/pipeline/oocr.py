@@ -32,6 +32,7 @@ def task_of(run: Run) -> OOCRTask:
 class OOCRScores(Measurement):
     """Accuracy and answer loss on every split of the run's task, at every checkpoint."""
 
+    fans_out = False  # `save` writes what `measure` collected across checkpoints
     name, description = "oocr", "accuracy and answer loss on each split of an out-of-context reasoning task"
     needs_eval_set = False
 

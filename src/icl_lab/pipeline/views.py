@@ -79,6 +79,7 @@ class AttentionViewer(Measurement):
     """Every head's attention on the two viewer samples at up to `VIEW_CHECKPOINTS` checkpoints
     (plus `keep`, e.g. the phase window's edges), stored by `save` for the report's viewer."""
 
+    fans_out = False  # `save` writes what `measure` collected across checkpoints
     name, description = "attention_viewer", "attention patterns for the report's viewer (stored, not tabled)"
     needs_eval_set = False
 
@@ -132,6 +133,7 @@ def composition_graph(model, step: int) -> dict:
 class Composition(Measurement):
     """The final checkpoint's composition graph (multi-layer models only), stored by `save`."""
 
+    fans_out = False  # `save` writes what `measure` collected across checkpoints
     name, description = "composition", "Q/K/V-composition graph of the final checkpoint (stored, not tabled)"
     needs_eval_set = False
 

@@ -59,6 +59,16 @@ def grokking_path(files: RunFiles) -> Path:
     return files.layout.analysis_dir / "grokking.json"
 
 
+def llc_path(files: RunFiles) -> Path:
+    return files.layout.analysis_dir / "llc.json"
+
+
+def read_llc(files: RunFiles) -> dict | None:
+    """The run's `analysis/llc.json` (settings, curve, health, stages), or None before `icl-lab llc`."""
+    path = llc_path(files)
+    return _json(path, files) if path.is_file() else None
+
+
 def _json(path: Path, files: RunFiles) -> dict:
     try:
         return json.loads(path.read_text())

@@ -1,0 +1,219 @@
+"""The local learning coefficient (LLC) of a checkpoint, estimated with devinterp's SGLD sampler.
+
+For a model at weights w0 with empirical loss L_n, the LLC estimate is
+
+    λ̂ = nβ · (E_w[L_n(w)] − L_n(w0)),   w ~ exp(−nβ·L_n(w) − γ/2·|w − w0|²)
+
+the expected loss increase under a tempered posterior localised at w0 (Lau et al. 2023). A regular
+model with d parameters has λ = d/2; degenerate directions lower it. Restricting the sampler to one
+attention head's weights (the rest fixed) gives that head's refined LLC (Wang et al. 2024).
+
+devinterp (`pip install 'icl-lab[devinterp]'`) runs the chains; this module gives it icl-lab's
+per-token loss, the tokens, the settings, and reads the per-step loss trace back to judge each
+estimate: a chain that is still drifting at its end, a negative estimate, chains that disagree, or
+a chain that gave back most of what training learned (it left the basin) are named, not hidden.
+
+    >>> est = llc(run.model(step=500), tokens, SGLDSettings(lr=1e-4, gamma=1000), heads=True)
+    >>> est.value, est.health()["ok"], est.heads[(1, 0)].value
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from icl_lab._config import FrozenConfig
+from icl_lab.errors import ConfigError
+
+LossFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]  # (model, input_ids [batch, pos]) -> [batch, pos-1]
+
+# What a healthy estimate looks like (docs/llc.md, "Calibration"): the last quarter of the loss
+# trace within 10% of the excess loss of the third, chains within 20% of each other, and the chain
+# giving back at most half of what training gained over the uniform prediction.
+MAX_DRIFT = 0.1
+MAX_SPREAD = 0.2
+MAX_GIVE_BACK = 0.5
+MIN_GAIN = 0.1  # nats: the give-back denominator's floor, for checkpoints still at the uniform loss
+
+
+class SGLDSettings(FrozenConfig):
+    """How one LLC estimate is sampled (devinterp's `sample` arguments, by their paper names).
+
+    Attributes:
+        lr: SGLD step size ε.
+        nbeta: inverse temperature nβ; None: n / log n, n the predicted tokens in one SGLD batch.
+        gamma: localisation strength γ (the pull back to the checkpoint's weights).
+        chains, draws, burnin: chains, draws per chain, and steps dropped at each chain's start.
+        batch_size: sequences per SGLD step.
+        seed: devinterp's `init_seed` (chain k uses seed + k).
+    """
+
+    lr: float = Field(1e-4, gt=0)
+    nbeta: float | None = Field(None, gt=0)
+    gamma: float = Field(1000.0, ge=0)
+    chains: int = Field(4, ge=1)
+    draws: int = Field(200, ge=4)
+    burnin: int = Field(0, ge=0)
+    batch_size: int = Field(32, ge=1)
+    seed: int = 0
+
+    def resolved_nbeta(self, n_pos: int) -> float:
+        """nβ for sequences of `n_pos` tokens: the setting, or n / log n for the batch's n predicted tokens."""
+        if self.nbeta is not None:
+            return float(self.nbeta)
+        n = self.batch_size * max(1, n_pos - 1)
+        return n / math.log(n) if n > 1 else 1.0
+
+
+@dataclass(frozen=True)
+class LLCEstimate:
+    """One LLC estimate and the evidence to judge it.
+
+    Attributes:
+        value: the mean over chains of nβ·(mean sampled loss − initial loss).
+        per_chain: the estimate of each chain.
+        init_loss: the loss at the checkpoint's weights (mean over the initial batches).
+        trace: [chain, step] mean sampled loss at every SGLD step after burn-in.
+        nbeta: the inverse temperature used.
+        reference_loss: the loss of a uniform prediction (log d_vocab), None if unknown.
+        heads: (layer, head) -> the head's refined LLC, when asked for.
+    """
+
+    value: float
+    per_chain: list[float]
+    init_loss: float
+    trace: np.ndarray
+    nbeta: float
+    reference_loss: float | None = None
+    heads: dict[tuple[int, int], "LLCEstimate"] = field(default_factory=dict)
+
+    @property
+    def std(self) -> float:
+        """Standard deviation of the estimate across chains."""
+        return float(np.std(self.per_chain)) if len(self.per_chain) > 1 else 0.0
+
+    def health(self) -> dict[str, Any]:
+        """The diagnostics of docs/llc.md: drift, spread, give-back, positivity; `ok` and `problems`."""
+        mean = self.trace.mean(axis=0)  # [step]
+        excess = float(mean.mean() - self.init_loss)
+        q = max(1, len(mean) // 4)
+        drift = abs(float(mean[-q:].mean() - mean[-2 * q:-q].mean())) / max(abs(excess), 1e-12)
+        spread = self.std / max(abs(self.value), 1e-12)
+        gain = None if self.reference_loss is None else max(self.reference_loss - self.init_loss, MIN_GAIN)
+        give_back = None if gain is None else excess / gain
+        problems = []
+        if not np.isfinite(self.trace).all() or not np.isfinite(self.per_chain).all():
+            problems.append("a chain diverged (non-finite loss)")
+        if min(self.per_chain) <= 0:
+            problems.append("a chain's estimate is not positive (the checkpoint is not at a local minimum at this ε, or ε is too small)")
+        if drift > MAX_DRIFT:
+            problems.append(f"the loss trace still drifts at the end ({drift:.0%} of the excess loss; more draws or a larger ε)")
+        if spread > MAX_SPREAD:
+            problems.append(f"chains disagree (spread {spread:.0%} of the estimate)")
+        if give_back is not None and give_back > MAX_GIVE_BACK:
+            problems.append(f"the chain gave back {give_back:.0%} of the loss training gained (it left the basin; larger γ or nβ)")
+        return {"drift": drift, "spread": spread, "give_back": give_back, "excess_loss": excess,
+                "ok": not problems, "problems": problems}
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    """[example, pos] token ids as the `{"input_ids": ...}` rows devinterp's sampler reads."""
+
+    def __init__(self, tokens: torch.Tensor) -> None:
+        self.tokens = tokens.long().cpu()
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.tokens[i]}
+
+
+def token_loss(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """icl-lab's per-token cross-entropy [batch, pos-1], the loss the model was trained on."""
+    return model.per_token_loss(input_ids)
+
+
+def sample_llc(model: torch.nn.Module, tokens: torch.Tensor, settings: SGLDSettings, loss_fn: LossFn = token_loss,
+               param_masks: dict[str, torch.Tensor | None] | None = None, reference_loss: float | None = None) -> LLCEstimate:
+    """Run devinterp's SGLD chains on `model` around its current weights and estimate the LLC.
+
+    Works for any module and per-token loss (the known-answer tests use a linear regression whose
+    "tokens" index the data). The model is not changed: devinterp samples on copies.
+
+    Args:
+        model: the module at the weights to measure.
+        tokens: [example, pos] int rows fed to `loss_fn` in batches of `settings.batch_size`.
+        settings: the SGLD settings.
+        loss_fn: (model, rows [batch, pos]) -> per-position loss [batch, pos-1].
+        param_masks: devinterp's parameter masks (None: every parameter samples).
+        reference_loss: the uniform prediction's loss, for the give-back diagnostic.
+
+    Raises:
+        ConfigError: devinterp is missing, or there are fewer rows than one batch.
+    """
+    slt = _devinterp()
+    if len(tokens) < settings.batch_size:
+        raise ConfigError(f"{len(tokens)} sequences for the LLC are fewer than one SGLD batch ({settings.batch_size}); "
+                          "lower --batch-size or use more sequences")
+    nbeta = settings.resolved_nbeta(tokens.shape[-1])
+    device = str(next(model.parameters()).device)
+    with tempfile.TemporaryDirectory(prefix="icl-lab-llc-") as tmp, warnings.catch_warnings(), \
+            contextlib.redirect_stderr(io.StringIO()):  # devinterp's per-chain tqdm bars; the caller shows progress
+        warnings.simplefilter("ignore")
+        samples = slt.sample(model, TokenDataset(tokens), {}, lr=settings.lr, n_beta=nbeta, localization=settings.gamma,
+                             param_masks=param_masks, num_chains=settings.chains, num_draws=settings.draws,
+                             num_burnin_steps=settings.burnin, batch_size=settings.batch_size,
+                             init_seed=settings.seed, loss_fn=loss_fn, device=device, output_path=f"{tmp}/samples.zarr")
+        ds = samples.dataset
+        init = float(ds.init_loss.values.mean())
+        trace = ds.sampling_loss_micro.mean(dim=["batch_sampling", "token_pos"]).values[:, settings.burnin:]  # [chain, step]
+    trace = np.asarray(trace, dtype=np.float64)
+    per_chain = [float(nbeta * (row.mean() - init)) for row in trace]
+    return LLCEstimate(float(np.mean(per_chain)), per_chain, init, trace, nbeta, reference_loss)
+
+
+def head_masks(model: torch.nn.Module, layer: int, head: int) -> dict[str, torch.Tensor | None]:
+    """devinterp's parameter masks for one head: its slices of W_Q, W_K, W_V, W_O and their biases
+    (icl-lab's weights have TransformerLens's names and `[head, ...]` layout)."""
+    from devinterp.slt.weight_restrictions import create_param_masks
+
+    return create_param_masks(model, f"l{layer}h{head}")
+
+
+def llc(model: torch.nn.Module, tokens: torch.Tensor, settings: SGLDSettings | None = None, heads: bool = False) -> LLCEstimate:
+    """The LLC of an icl-lab `Transformer` at its current weights, on `tokens` from its training
+    distribution, optionally with every head's refined LLC in `.heads`.
+
+    Args:
+        model: the checkpoint (`run.model(step)`).
+        tokens: [example, pos] sequences (at least one SGLD batch).
+        settings: SGLD settings (default `SGLDSettings()`; calibrate them: `icl-lab llc --calibrate`).
+        heads: also estimate each head's LLC with the sampler restricted to that head's weights.
+    """
+    settings = settings or SGLDSettings()
+    reference = math.log(model.cfg.d_vocab)
+    est = sample_llc(model, tokens, settings, reference_loss=reference)
+    if not heads:
+        return est
+    per_head = {(layer, h): sample_llc(model, tokens, settings, param_masks=head_masks(model, layer, h), reference_loss=reference)
+                for layer in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)}
+    return LLCEstimate(est.value, est.per_chain, est.init_loss, est.trace, est.nbeta, reference, per_head)
+
+
+def _devinterp() -> Any:
+    try:
+        import devinterp.slt.sampling as sampling
+    except ImportError:
+        raise ConfigError("the LLC needs devinterp; install it with `pip install 'icl-lab[devinterp]'`") from None
+    return sampling

@@ -1,0 +1,185 @@
+"""`icl-lab llc`: the local learning coefficient at the checkpoints of a run, serially or fanned out
+over the sweep engines, stored as tidy rows, and summarised with its stages beside the paper's
+measurements in `RUN/analysis/llc.json`.
+
+Rows (metric, layer, head, value, lo, hi): `llc` (lo/hi: a 95% interval over chains), `llc.head`
+per head with `--heads`, and the health of each estimate: `llc.drift`, `llc.spread`,
+`llc.give_back`, `llc.healthy` (1 or 0; docs/llc.md). Their provenance holds the SGLD settings and
+the fingerprint of the tokens the chains sampled on: 1,024 sequences of the run's own data (the
+validation split for text) drawn with a seed of their own.
+
+    >>> summary = llc_run(run, SGLDSettings(lr=1e-4, gamma=1000), heads=True, executor="local", jobs=2)
+    >>> summary["stages"]["two_part_bump"]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from icl_lab.errors import ConfigError
+from icl_lab.io import write_json
+from icl_lab.measure.evalset import EvalSet, eval_tokens
+from icl_lab.measure.llc import LLCEstimate, SGLDSettings, llc
+from icl_lab.measure.llc_calibration import Calibration, calibrate, calibration_steps
+from icl_lab.measure.llc_stages import compare_stages
+from icl_lab.pipeline.base import Context, Measurement, Progress, register, store_rows, walk
+from icl_lab.run.results import llc_path
+from icl_lab.run.rundir import Run
+from icl_lab.train.trainer import library_versions
+
+LLC_SEED = 20240206  # the SGLD data: drawn apart from the evaluation set and from training batches
+LLC_SEQUENCES = 1024
+_TOKENS: dict[tuple, torch.Tensor] = {}
+
+
+def llc_tokens(run: Run, n: int = LLC_SEQUENCES) -> torch.Tensor:
+    """[n, pos] sequences of the run's own data for the SGLD chains (cached per run and n)."""
+    key = (str(run.path), n)
+    if key not in _TOKENS:
+        _TOKENS[key] = eval_tokens(run, n, torch.Generator().manual_seed(LLC_SEED))[0]
+    return _TOKENS[key]
+
+
+def fingerprint(tokens: torch.Tensor) -> str:
+    return "sha256:" + hashlib.sha256(tokens.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:32]
+
+
+@register
+class LLC(Measurement):
+    """The LLC (and with `heads`, every head's refined LLC) at each checkpoint, with its health."""
+
+    name, description = "llc", "local learning coefficient by SGLD (devinterp), with per-estimate health; `icl-lab llc`"
+    needs_eval_set = False
+    needs_grad = True
+
+    def __init__(self, settings: dict | SGLDSettings | None = None, heads: bool = False, sequences: int = LLC_SEQUENCES) -> None:
+        self.sgld = settings if isinstance(settings, SGLDSettings) else SGLDSettings.parse(settings or {}, "SGLD settings")
+        self.heads, self.sequences = heads, sequences
+
+    def start(self, run: Run, ev: EvalSet | None, device: str | None, dtype: str | None) -> None:
+        self.tokens = llc_tokens(run, self.sequences)
+
+    def measure(self, ctx: Context) -> list[dict]:
+        est = llc(ctx.model, self.tokens, self.sgld, heads=self.heads)
+        h = est.health()
+        rows = [_estimate_row(ctx, "llc", est)]
+        rows += [ctx.row(f"llc.{k}", float(h[k])) for k in ("drift", "spread")]
+        rows += [ctx.row("llc.give_back", float(h["give_back"]))] if h["give_back"] is not None else []
+        rows.append(ctx.row("llc.healthy", float(h["ok"] and all(e.health()["ok"] for e in est.heads.values()))))
+        rows += [_estimate_row(ctx, "llc.head", e, layer=layer, head=head) for (layer, head), e in sorted(est.heads.items())]
+        return rows
+
+    def settings(self) -> dict:
+        return {"sgld": self.sgld.model_dump(), "heads": self.heads, "sequences": self.sequences,
+                "sgld_data": fingerprint(self.tokens) if hasattr(self, "tokens") else None}
+
+
+def _estimate_row(ctx: Context, metric: str, est: LLCEstimate, **extra) -> dict:
+    half = 1.96 * est.std / math.sqrt(len(est.per_chain))  # a 95% interval over independent chains
+    return ctx.row(metric, est.value, lo=est.value - half, hi=est.value + half, **extra)
+
+
+def llc_steps(steps: Sequence[int], n: int | None) -> list[int]:
+    """`n` checkpoints spread over log-steps, always with the first and the last (all when n is None)."""
+    steps = sorted(steps)
+    if n is None or n >= len(steps):
+        return steps
+    if n < 2:
+        raise ConfigError(f"--checkpoints must be at least 2 (got {n})")
+    logs = np.log1p(steps)
+    picks = {steps[int(np.abs(logs - t).argmin())] for t in np.linspace(logs[0], logs[-1], n)}
+    rest = [s for s in steps if s not in picks]
+    while len(picks) < n and rest:  # log-spacing collides among the dense early steps: fill from the widest gaps
+        gaps = [min(abs(np.log1p(s) - np.log1p(p)) for p in picks) for s in rest]
+        picks.add(rest.pop(int(np.argmax(gaps))))
+    return sorted(picks)
+
+
+def calibrate_run(run: Run, base: SGLDSettings | None = None, grid: dict | None = None,
+                  progress: Progress | None = None) -> Calibration:
+    """Calibrate the SGLD settings on `run` (`icl_lab.measure.llc_calibration`) and store the
+    result in `RUN/analysis/llc_calibration.json`."""
+    steps = calibration_steps(run.checkpoints)
+    if not steps:
+        raise ConfigError(f"{run.path} has no checkpoints after step 0 to calibrate on; train it first")
+    models = {s: run.model(s) for s in steps}
+    cal = calibrate(models, llc_tokens(run), base, grid,
+                    progress=None if progress is None else lambda d, t: progress(run.path.name, d, t))
+    write_json(run.layout.analysis_dir / "llc_calibration.json", {"run": str(run.path), **cal.to_json(),
+                                                                  "versions": library_versions()})
+    return cal
+
+
+def llc_run(run: Run, settings: SGLDSettings | None = None, heads: bool = False, checkpoints: int | None = None,
+            executor: str | None = None, jobs: int = 1, threads: int = 1, address: str | None = None,
+            calibration: dict | None = None, progress: Progress | None = None) -> dict:
+    """Estimate the LLC at the checkpoints of `run`, store the rows, write and return the summary.
+
+    Args:
+        settings: SGLD settings (default: SGLDSettings(); calibrate first: `calibrate_run`).
+        heads: also every head's refined LLC (one more set of chains per head).
+        checkpoints: measure this many checkpoints, spread over log-steps (default: all).
+        executor: None serially; "local", "ray" or "slurm" fans checkpoints out (`jobs` at once).
+        calibration: the calibration these settings came from (recorded in the summary).
+    """
+    settings = settings or SGLDSettings()
+    m = LLC(settings, heads)
+    steps = llc_steps(run.checkpoints, checkpoints)
+    start = time.perf_counter()
+    if executor is None:
+        table = walk(run, [m], steps=steps, progress=progress)
+    else:
+        from icl_lab.pipeline.fanout import fan_out
+
+        table = fan_out(run, "llc", {"settings": settings.model_dump(), "heads": heads}, steps, executor, jobs, threads,
+                        address=address, progress=progress)
+    seconds = time.perf_counter() - start
+    m.start(run, None, None, None)  # for the provenance's data fingerprint
+    store_rows(run, [m], table)
+    summary = summarize(run, table, m.settings(), calibration)
+    summary["timing"] = {"seconds": round(seconds, 2), "checkpoints": len(steps), "executor": executor or "serial",
+                         "jobs": jobs if executor else 1, "threads": threads if executor else torch.get_num_threads(),
+                         "seconds_per_checkpoint": round(seconds / max(1, len(steps)), 2)}
+    write_json(llc_path(run), summary)
+    return summary
+
+
+def summarize(run: Run, table: pd.DataFrame, settings: dict, calibration: dict | None = None) -> dict:
+    """llc.json: the settings, the curve's health, the stages beside the score rises and the phase window."""
+    wide = table[table.metric.isin(("llc", "llc.healthy"))].pivot_table(index=["step", "tokens"], columns="metric", values="value")
+    wide = wide.reset_index().sort_values("step")
+    bad = wide[wide["llc.healthy"] < 1].step.tolist()
+    warnings = [] if not bad else [f"{len(bad)} of {len(wide)} estimates failed the health checks (steps {bad[:8]}"
+                                   f"{'...' if len(bad) > 8 else ''}); see llc.drift, llc.give_back, llc.spread and docs/llc.md"]
+    if calibration is not None and not calibration.get("healthy", True):
+        warnings.append("no calibration point was healthy at every calibration checkpoint; these settings are the least bad")
+    if calibration is None:
+        warnings.append("uncalibrated settings; run `icl-lab llc --calibrate` to choose them by the diagnostic")
+    stages = _stages(run, wide)
+    return {"run": str(run.path), "settings": settings, "calibration": calibration, "warnings": warnings,
+            "steps": wide.step.tolist(), "llc": wide["llc"].tolist(), "healthy": [bool(v) for v in wide["llc.healthy"]],
+            "stages": stages, "versions": library_versions()}
+
+
+def _stages(run: Run, wide: pd.DataFrame) -> dict:
+    scores = None
+    if run.store.exists():
+        stored = run.store.read(["step", "metric", "value"])
+        stored = stored[stored.metric.isin(("previous_token", "prefix_matching"))]
+        if len(stored):
+            scores = stored.pivot_table(index="step", columns="metric", values="value", aggfunc="max")
+    phase = run.summary().get("phase_change") if run.layout.summary.is_file() else None
+    if scores is None or not {"previous_token", "prefix_matching"} <= set(scores.columns):
+        nan = np.full(len(wide), np.nan)
+        out = compare_stages(wide.tokens.to_numpy(float), wide["llc"].to_numpy(), nan, nan, phase)
+        return {**out, "note": "the run is not analysed: run `icl-lab analyze` for the score rises"}
+    scores = scores.reindex(wide.step)
+    return compare_stages(wide.tokens.to_numpy(float), wide["llc"].to_numpy(), scores["previous_token"].to_numpy(),
+                          scores["prefix_matching"].to_numpy(), phase)

@@ -1,0 +1,99 @@
+"""`icl-lab llc` end to end on a short run: rows and provenance in the store, llc.json with health
+and stages, checkpoint fan-out over the local pool equal to the serial walk, calibration that
+records its grid and choice, and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+import icl_lab
+from icl_lab.errors import ConfigError
+from icl_lab.measure.llc import SGLDSettings
+from icl_lab.pipeline import analyze, calibrate_run, fan_out, llc_run, measure_run
+from icl_lab.pipeline.llc import llc_steps
+from icl_lab.run.results import read_llc
+
+pytest.importorskip("devinterp")
+
+FAST = SGLDSettings(chains=2, draws=12, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    cfg = icl_lab.get_preset("synthetic-2l").replace(train={"steps": 60, "warmup_steps": 10, "n_checkpoints": 6})
+    r = icl_lab.train(cfg, out=tmp_path_factory.mktemp("runs") / "r")
+    analyze([r], only=["prefix_matching", "previous_token"])
+    return r
+
+
+def _llc_rows(run) -> pd.DataFrame:
+    t = run.store.read()
+    t = t[t.metric.str.startswith("llc")]
+    return t.sort_values(["step", "metric", "layer", "head"], na_position="first").reset_index(drop=True)
+
+
+def test_llc_stores_rows_health_and_a_summary(run):
+    torch.set_num_threads(1)
+    summary = llc_run(run, FAST, heads=True)
+    rows = _llc_rows(run)
+    assert set(rows.metric) == {"llc", "llc.head", "llc.drift", "llc.spread", "llc.give_back", "llc.healthy"}
+    steps = run.checkpoints
+    assert sorted(rows[rows.metric == "llc"].step) == steps
+    heads = rows[rows.metric == "llc.head"]
+    assert len(heads) == len(steps) * 2 and set(heads.layer) == {0, 1}  # synthetic-2l: 2 layers x 1 head
+    llc = rows[rows.metric == "llc"]
+    assert (llc.lo <= llc.value).all() and (llc.value <= llc.hi).all()
+    prov = run.store.provenance("llc")
+    assert prov["sgld"]["draws"] == 12 and prov["heads"] and prov["sgld_data"].startswith("sha256:")
+    stored = read_llc(run)
+    assert stored["steps"] == steps and len(stored["llc"]) == len(steps)
+    assert stored["warnings"] and "uncalibrated" in stored["warnings"][-1]  # no calibration was given
+    assert {"stages", "previous_token_window", "two_part_bump"} <= set(stored["stages"])
+    assert summary["timing"]["checkpoints"] == len(steps)
+    other = run.store.read()
+    assert {"prefix_matching", "previous_token"} <= set(other.metric)  # the analysis rows stay
+
+
+def test_fan_out_over_the_local_pool_equals_the_serial_walk(run):
+    torch.set_num_threads(1)
+    llc_run(run, FAST)
+    serial = _llc_rows(run)
+    llc_run(run, FAST, executor="local", jobs=2, threads=1)
+    fanned = _llc_rows(run)
+    pd.testing.assert_frame_equal(serial, fanned)
+
+
+def test_generic_fan_out_of_an_analysis_measurement_equals_serial(run):
+    torch.set_num_threads(1)
+    measure_run(run, ["previous_token"])
+    serial = run.store.read().query("metric == 'previous_token'").reset_index(drop=True)
+    measure_run(run, ["previous_token"], executor="local", jobs=2, threads=1)
+    fanned = run.store.read().query("metric == 'previous_token'").reset_index(drop=True)
+    pd.testing.assert_frame_equal(serial, fanned)
+
+
+def test_stateful_measurements_refuse_to_fan_out(run):
+    with pytest.raises(ConfigError, match="cannot fan out"):
+        fan_out(run, "attention_viewer")
+
+
+def test_calibration_records_its_grid_and_choice(run):
+    grid = {"lr": (1e-4, 1e-3), "gamma": (1000.0,), "nbeta": (None,)}
+    cal = calibrate_run(run, FAST, grid)
+    record = json.loads((run.layout.analysis_dir / "llc_calibration.json").read_text())
+    assert len(record["grid"]) == 2 * len(cal.steps) and record["chosen"]["lr"] in (1e-4, 1e-3)
+    assert record["rule"].startswith("healthy at every step")
+    assert cal.chosen.draws == FAST.draws  # only epsilon, gamma and nbeta are calibrated
+
+
+def test_checkpoint_subset_is_log_spaced_with_both_ends():
+    steps = [0, 1, 2, 3, 4, 5, 6, 8, 10, 20, 50, 100, 200, 500, 1000]
+    picked = llc_steps(steps, 5)
+    assert len(picked) == 5 and picked[0] == 0 and picked[-1] == 1000
+    assert llc_steps(steps, None) == steps
+    with pytest.raises(ConfigError, match="at least 2"):
+        llc_steps(steps, 1)
