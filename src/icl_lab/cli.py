@@ -20,9 +20,11 @@ from rich.table import Table
 
 import icl_lab
 from icl_lab.cli_experiments import register_experiments
+from icl_lab.cli_llc import register_llc
 from icl_lab.cli_sweep import register_sweep
 from icl_lab.errors import ConfigError, IclLabError, IclLabWarning
 from icl_lab.train.config import ExperimentConfig
+from icl_lab.train.distributed import World
 from icl_lab.train.layout import RunLayout
 from icl_lab.train.lock import ensure_free
 
@@ -109,7 +111,9 @@ def train_cmd(
     if train_over or seed is not None:
         cfg = cfg.replace(**({"train": train_over} if train_over else {}), **({"seed": seed} if seed is not None else {}))
     out = out or Path("runs") / f"{cfg.name}-seed{cfg.seed}"
-    ensure_free(RunLayout(out))  # a run another trainer holds: one line, before any progress bar
+    main = World.from_env().is_main  # under torchrun only rank 0 checks the lock, shows progress and prints
+    if main:
+        ensure_free(RunLayout(out))  # a run another trainer holds: one line, before any progress bar
     if cfg.data.kind == "text":  # build, tokenize and cache the text once, with a status line
         from icl_lab.data import load_tokens
 
@@ -121,7 +125,7 @@ def train_cmd(
         TextColumn("loss {task.fields[loss]} repeat {task.fields[rep]} {task.fields[tps]} tok/s"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err_console, transient=False) as bar:
+    with Progress(*columns, console=err_console, transient=False, disable=not main) as bar:
         task = bar.add_task(cfg.name, total=cfg.train.steps, loss="-", rep="-", tps="-")
 
         def progress(step: int, total: int, rec) -> None:
@@ -136,7 +140,8 @@ def train_cmd(
         except KeyboardInterrupt:
             err_console.print(f"interrupted; continue with `icl-lab train --resume --out {out}`")
             raise typer.Exit(130) from None
-    _print_summary(run, time.perf_counter() - t0)
+    if main:
+        _print_summary(run, time.perf_counter() - t0)
 
 
 def _print_summary(run: icl_lab.Run, seconds: float) -> None:
@@ -397,6 +402,7 @@ def verify_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> 
 
 register_experiments(app)
 register_sweep(app)
+register_llc(app)
 
 
 def _show_warning(message, category, *args, _default=warnings.showwarning, **kwargs) -> None:

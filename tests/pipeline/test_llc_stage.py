@@ -97,3 +97,22 @@ def test_checkpoint_subset_is_log_spaced_with_both_ends():
     assert llc_steps(steps, None) == steps
     with pytest.raises(ConfigError, match="at least 2"):
         llc_steps(steps, 1)
+
+
+def test_cli_measures_reuses_and_rejects_conflicting_flags(run):
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "icl_lab.cli", "llc", str(run.path), *args], capture_output=True, text=True)
+
+    flags = ("--checkpoints", "3", "--chains", "2", "--draws", "8", "--batch-size", "16", "--lr", "1e-4")
+    r = cli(*flags, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert len(out["steps"]) == 3 and out["settings"]["sgld"]["lr"] == 1e-4
+    again = cli(*flags, "--reuse")
+    assert again.returncode == 0 and "LLC" in again.stdout
+    assert read_llc(run)["timing"] == out["timing"]  # reused: nothing was re-measured
+    bad = cli("--calibrate", "--lr", "1e-3")
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "--calibrate chooses" in bad.stderr

@@ -37,9 +37,10 @@ from icl_lab.errors import ConfigError
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]  # (model, input_ids [batch, pos]) -> [batch, pos-1]
 
-# What a healthy estimate looks like (docs/llc.md, "Calibration"): the last quarter of the loss
-# trace within 10% of the excess loss of the third, chains within 20% of each other, and the chain
-# giving back at most half of what training gained over the uniform prediction.
+# What a healthy estimate looks like (docs/llc.md, "Calibration"): the mean loss of the trace's
+# last pass over the data within 10% of the excess loss of the pass before (or a change the chains
+# do not agree on: under 2 standard errors), chains within 20% of each other, and the chain giving
+# back at most half of what training gained over the uniform prediction.
 MAX_DRIFT = 0.1
 MAX_SPREAD = 0.2
 MAX_GIVE_BACK = 0.5
@@ -87,6 +88,7 @@ class LLCEstimate:
         nbeta: the inverse temperature used.
         reference_loss: the loss of a uniform prediction (log d_vocab), None if unknown.
         heads: (layer, head) -> the head's refined LLC, when asked for.
+        epoch: SGLD steps per pass over the data (the batches repeat in this order), for the drift test.
     """
 
     value: float
@@ -96,6 +98,7 @@ class LLCEstimate:
     nbeta: float
     reference_loss: float | None = None
     heads: dict[tuple[int, int], "LLCEstimate"] = field(default_factory=dict)
+    epoch: int | None = None
 
     @property
     def std(self) -> float:
@@ -106,8 +109,8 @@ class LLCEstimate:
         """The diagnostics of docs/llc.md: drift, spread, give-back, positivity; `ok` and `problems`."""
         mean = self.trace.mean(axis=0)  # [step]
         excess = float(mean.mean() - self.init_loss)
-        q = max(1, len(mean) // 4)
-        drift = abs(float(mean[-q:].mean() - mean[-2 * q:-q].mean())) / max(abs(excess), 1e-12)
+        drift, noise = self._drift()
+        drift_rel = abs(drift) / max(abs(excess), 1e-12)
         spread = self.std / max(abs(self.value), 1e-12)
         gain = None if self.reference_loss is None else max(self.reference_loss - self.init_loss, MIN_GAIN)
         give_back = None if gain is None else excess / gain
@@ -116,14 +119,24 @@ class LLCEstimate:
             problems.append("a chain diverged (non-finite loss)")
         if min(self.per_chain) <= 0:
             problems.append("a chain's estimate is not positive (the checkpoint is not at a local minimum at this ε, or ε is too small)")
-        if drift > MAX_DRIFT:
-            problems.append(f"the loss trace still drifts at the end ({drift:.0%} of the excess loss; more draws or a larger ε)")
+        if drift_rel > MAX_DRIFT and abs(drift) > 2 * noise:
+            problems.append(f"the loss trace still drifts at the end ({drift_rel:.0%} of the excess loss; more draws or a larger ε)")
         if spread > MAX_SPREAD:
             problems.append(f"chains disagree (spread {spread:.0%} of the estimate)")
         if give_back is not None and give_back > MAX_GIVE_BACK:
             problems.append(f"the chain gave back {give_back:.0%} of the loss training gained (it left the basin; larger γ or nβ)")
-        return {"drift": drift, "spread": spread, "give_back": give_back, "excess_loss": excess,
+        return {"drift": drift_rel, "spread": spread, "give_back": give_back, "excess_loss": excess,
                 "ok": not problems, "problems": problems}
+
+    def _drift(self) -> tuple[float, float]:
+        """(mean loss of the last window − the window before, its standard error across chains).
+        Windows are one whole pass over the data each when the trace holds two, so the batches' own
+        difficulty cancels; otherwise quarters of the trace."""
+        n = self.trace.shape[1]
+        w = self.epoch if self.epoch and n >= 2 * self.epoch else max(1, n // 4)
+        per_chain = self.trace[:, -w:].mean(axis=1) - self.trace[:, -2 * w:-w].mean(axis=1)  # [chain]
+        noise = float(per_chain.std(ddof=1) / np.sqrt(len(per_chain))) if len(per_chain) > 1 else 0.0
+        return float(per_chain.mean()), noise
 
 
 class TokenDataset(torch.utils.data.Dataset):
@@ -180,7 +193,8 @@ def sample_llc(model: torch.nn.Module, tokens: torch.Tensor, settings: SGLDSetti
         trace = ds.sampling_loss_micro.mean(dim=["batch_sampling", "token_pos"]).values[:, settings.burnin:]  # [chain, step]
     trace = np.asarray(trace, dtype=np.float64)
     per_chain = [float(nbeta * (row.mean() - init)) for row in trace]
-    return LLCEstimate(float(np.mean(per_chain)), per_chain, init, trace, nbeta, reference_loss)
+    return LLCEstimate(float(np.mean(per_chain)), per_chain, init, trace, nbeta, reference_loss,
+                       epoch=len(tokens) // settings.batch_size)
 
 
 def head_masks(model: torch.nn.Module, layer: int, head: int) -> dict[str, torch.Tensor | None]:
@@ -208,7 +222,7 @@ def llc(model: torch.nn.Module, tokens: torch.Tensor, settings: SGLDSettings | N
         return est
     per_head = {(layer, h): sample_llc(model, tokens, settings, param_masks=head_masks(model, layer, h), reference_loss=reference)
                 for layer in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)}
-    return LLCEstimate(est.value, est.per_chain, est.init_loss, est.trace, est.nbeta, reference, per_head)
+    return LLCEstimate(est.value, est.per_chain, est.init_loss, est.trace, est.nbeta, reference, per_head, est.epoch)
 
 
 def _devinterp() -> Any:

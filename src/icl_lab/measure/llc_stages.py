@@ -112,25 +112,26 @@ def direction_in(window: Window | None, tokens: np.ndarray, llc: np.ndarray, ban
     return {"llc_start": float(a), "llc_end": float(b), "change": float(b - a), "direction": direction}
 
 
-def compare_stages(tokens: np.ndarray, llc: np.ndarray, previous_token: np.ndarray, prefix_matching: np.ndarray,
-                   phase: dict | None = None) -> dict:
+def compare_stages(tokens: np.ndarray, llc: np.ndarray, score_tokens: np.ndarray, previous_token: np.ndarray,
+                   prefix_matching: np.ndarray, phase: dict | None = None) -> dict:
     """The stages beside the score rises and the phase window.
 
     Args:
-        tokens: [checkpoint] training tokens (ascending).
+        tokens: [checkpoint] training tokens of the LLC estimates (ascending).
         llc: [checkpoint] LLC estimates.
-        previous_token, prefix_matching: [checkpoint] best head's score at each checkpoint.
+        score_tokens: [checkpoint'] training tokens of the scores (every analysed checkpoint).
+        previous_token, prefix_matching: [checkpoint'] best head's score at each of those checkpoints.
         phase: the run's phase-change summary (`detect_phase_change`), if analysed.
 
     Returns:
         {stages, boundaries, previous_token_window, prefix_matching_window, phase_window,
         llc_in_previous_token_rise, llc_in_prefix_matching_rise, previous_token_first, two_part_bump}.
     """
-    tokens, llc = np.asarray(tokens, float), np.asarray(llc, float)
-    pos = tokens > 0
+    tokens, llc, score_tokens = np.asarray(tokens, float), np.asarray(llc, float), np.asarray(score_tokens, float)
     stages = llc_stages(tokens, llc)
-    prev_w = _rise(tokens[pos], np.asarray(previous_token, float)[pos], MIN_PREV_RISE)
-    pm_w = _rise(tokens[pos], np.asarray(prefix_matching, float)[pos], MIN_PM_RISE)
+    pos = score_tokens > 0
+    prev_w = _rise(score_tokens[pos], np.asarray(previous_token, float)[pos], MIN_PREV_RISE)
+    pm_w = _rise(score_tokens[pos], np.asarray(prefix_matching, float)[pos], MIN_PM_RISE)
     in_prev, in_pm = direction_in(prev_w, tokens, llc), direction_in(pm_w, tokens, llc)
     first = None if prev_w is None or pm_w is None else _mid(prev_w) < _mid(pm_w)
     two_part = None if in_prev is None or in_pm is None else (

@@ -164,22 +164,21 @@ def summarize(run: Run, table: pd.DataFrame, settings: dict, calibration: dict |
         warnings.append("uncalibrated settings; run `icl-lab llc --calibrate` to choose them by the diagnostic")
     stages = _stages(run, wide)
     return {"run": str(run.path), "settings": settings, "calibration": calibration, "warnings": warnings,
-            "steps": wide.step.tolist(), "llc": wide["llc"].tolist(), "healthy": [bool(v) for v in wide["llc.healthy"]],
+            "steps": wide.step.tolist(), "tokens": wide.tokens.tolist(), "llc": wide["llc"].tolist(), "healthy": [bool(v) for v in wide["llc.healthy"]],
             "stages": stages, "versions": library_versions()}
 
 
 def _stages(run: Run, wide: pd.DataFrame) -> dict:
-    scores = None
-    if run.store.exists():
-        stored = run.store.read(["step", "metric", "value"])
-        stored = stored[stored.metric.isin(("previous_token", "prefix_matching"))]
-        if len(stored):
-            scores = stored.pivot_table(index="step", columns="metric", values="value", aggfunc="max")
+    tokens, values = wide.tokens.to_numpy(float), wide["llc"].to_numpy()
     phase = run.summary().get("phase_change") if run.layout.summary.is_file() else None
-    if scores is None or not {"previous_token", "prefix_matching"} <= set(scores.columns):
-        nan = np.full(len(wide), np.nan)
-        out = compare_stages(wide.tokens.to_numpy(float), wide["llc"].to_numpy(), nan, nan, phase)
+    scores = pd.DataFrame()
+    if run.store.exists():
+        stored = run.store.read(["tokens", "metric", "value"])
+        stored = stored[stored.metric.isin(("previous_token", "prefix_matching"))]
+        scores = stored.pivot_table(index="tokens", columns="metric", values="value", aggfunc="max")  # best head
+    if not {"previous_token", "prefix_matching"} <= set(scores.columns):
+        empty = np.array([])
+        out = compare_stages(tokens, values, empty, empty, empty, phase)
         return {**out, "note": "the run is not analysed: run `icl-lab analyze` for the score rises"}
-    scores = scores.reindex(wide.step)
-    return compare_stages(wide.tokens.to_numpy(float), wide["llc"].to_numpy(), scores["previous_token"].to_numpy(),
+    return compare_stages(tokens, values, scores.index.to_numpy(float), scores["previous_token"].to_numpy(),
                           scores["prefix_matching"].to_numpy(), phase)

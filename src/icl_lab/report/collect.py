@@ -19,7 +19,7 @@ import pandas as pd
 
 from icl_lab.errors import CheckpointError
 from icl_lab.run.files import RunFiles
-from icl_lab.run.results import ABLATION_PREFIX, Attention, ablation_summary, read_attention, read_composition
+from icl_lab.run.results import ABLATION_PREFIX, Attention, ablation_summary, read_attention, read_composition, read_llc
 
 LIVE_SECONDS = 120  # a run whose status is "running" and whose log moved this recently is training
 
@@ -46,6 +46,7 @@ class RunData:
     composition: dict | None
     oocr: dict | None = None
     missing: list[str] = field(default_factory=list)
+    llc: dict | None = None  # analysis/llc.json, once `icl-lab llc` ran
 
 
 def describe(run: RunFiles) -> str:
@@ -105,5 +106,5 @@ def collect_run(run: RunFiles) -> RunData:
     data = {"summary": summary, "ablation": ablation, "attention": read_attention(run), "oocr": collect_oocr(run)}
     return RunData(
         name=run.path.name, path=str(run.path), description=describe(run), training=is_training(run),
-        log=run.log, metrics=metrics, composition=read_composition(run), missing=missing_steps(run, data), **data,
+        log=run.log, metrics=metrics, composition=read_composition(run), missing=missing_steps(run, data), llc=read_llc(run), **data,
     )

@@ -57,8 +57,32 @@ def loss_figure(runs: list[RunData]) -> go.Figure:
     fig.update_xaxes(type="log", title="tokens seen")
     fig.update_yaxes(title="training loss (nats)", secondary_y=False)
     fig.update_yaxes(title="ICL score (nats)", secondary_y=True, showgrid=False)
-    fig.update_layout(title="Loss and in-context-learning score over training", legend=dict(orientation="h", y=-0.2), **LAYOUT)
+    title = "Loss and in-context-learning score over training"
+    if any(run.llc for run in runs):
+        _add_llc(fig, runs)
+        title = "Loss, in-context-learning score and local learning coefficient over training"
+    fig.update_layout(title=title, legend=dict(orientation="h", y=-0.2), **LAYOUT)
     return fig
+
+
+def _add_llc(fig: go.Figure, runs: list[RunData]) -> None:
+    """The LLC on a third axis (dashes; hollow markers: estimates that failed the health checks) and
+    its stage boundaries as thin vertical lines, per run in its colour."""
+    for i, run in enumerate(runs):
+        if not run.llc:
+            continue
+        keep = [k for k, t in enumerate(run.llc["tokens"]) if t > 0]  # log axis
+        x, y = [run.llc["tokens"][k] for k in keep], [run.llc["llc"][k] for k in keep]
+        healthy = [run.llc["healthy"][k] for k in keep]
+        fig.add_scatter(x=x, y=y, yaxis="y3", name=f"{run.name} LLC", legendgroup=run.name, mode="lines+markers",
+                        line=dict(color=color(i), dash="dash", width=1.5), marker=dict(size=5, symbol=[
+                            "circle" if ok else "circle-open" for ok in healthy]),
+                        hovertemplate=f"{run.name} LLC %{{y:.1f}} at %{{x:.3s}} tokens<extra></extra>")
+        for b in run.llc["stages"]["boundaries"]:
+            fig.add_vline(x=b, line=dict(color=color(i), width=1, dash="dot"), opacity=0.6)
+    fig.update_layout(xaxis=dict(domain=[0, 0.86]), yaxis3=dict(title="LLC (dashed)", overlaying="y", side="right",
+                                                                anchor="free", position=0.97, showgrid=False))
+
 
 
 def loss_by_position_figure(runs: list[RunData], n_curves: int = 6) -> go.Figure:

@@ -23,12 +23,14 @@ COLUMNS = {
     "copying": ("copying", "coloraxis2"),
     "ov_eigen_positivity": ("OV eigenvalue positivity", "coloraxis2"),
     ATTRIBUTION: ("share of ICL removed by ablation", "coloraxis3"),
+    "llc.head": ("per-head LLC", "coloraxis4"),  # `icl-lab llc --heads`
 }
 BLUES = [[0.0, "#f7fbff"], [1.0, "#08306b"]]
 COLOR_AXES = {
     "coloraxis": dict(colorscale=BLUES, cmin=0, cmax=1, colorbar=dict(title="attention", x=1.01, y=0.85, len=0.3)),
     "coloraxis2": dict(colorscale="RdBu", cmin=-1, cmax=1, colorbar=dict(title="copying", x=1.01, y=0.5, len=0.3)),
     "coloraxis3": dict(colorscale="RdBu_r", cmin=-1, cmax=1, colorbar=dict(title="ICL removed", x=1.01, y=0.15, len=0.3)),
+    "coloraxis4": dict(colorscale="Viridis", cmin=0, colorbar=dict(title="head LLC", x=1.08, y=0.5, len=0.6)),
 }
 RANGES = {"coloraxis": (0.0, 1.0, "Blues"), "coloraxis2": (-1.0, 1.0, "RdBu"), "coloraxis3": (-1.0, 1.0, "RdBu_r")}
 
@@ -67,6 +69,15 @@ def analysis_table_figure(runs: list[RunData]) -> go.Figure:
     return fig
 
 
+def _final_head_llc(run: RunData) -> dict[tuple[int, int], tuple[float, float, float]]:
+    """(layer, head) -> (LLC, lo, hi) at the last checkpoint `icl-lab llc --heads` measured ({} if none)."""
+    if run.metrics is None or not (run.metrics.metric == "llc.head").any():
+        return {}
+    t = run.metrics[run.metrics.metric == "llc.head"]
+    t = t[t.step == t.step.max()]
+    return {(int(r.layer), int(r.head)): (float(r.value), float(r.lo), float(r.hi)) for r in t.itertuples()}
+
+
 def _cell(value: float | None, lo: float, hi: float, scale: str, ci: list | None = None) -> str:
     if value is None or not np.isfinite(value):
         return "<td class=num>-</td>"
@@ -90,16 +101,25 @@ def final_table_html(run: RunData) -> str:
     if run.ablation:
         removed = {(h["layer"], h["head"]): (h["icl_removed_fraction"], h.get("icl_removed_fraction_ci"))
                    for h in run.ablation["heads"]}
-    head_cols = [m for m in COLUMNS if m != ATTRIBUTION]
+    head_cols = [m for m in COLUMNS if m not in (ATTRIBUTION, "llc.head")]
+    head_llc = _final_head_llc(run)
     header = "".join(f"<th>{COLUMNS[m][0]}</th>" for m in head_cols) + f"<th>{COLUMNS[ATTRIBUTION][0]}</th>"
+    header += "<th>per-head LLC</th>" if head_llc else ""
     rows = []
     for h in run.summary["heads"]:
         key = (h["layer"], h["head"])
         cells = "".join(_cell(h[m], *RANGES[COLUMNS[m][1]], ci=h.get("ci", {}).get(m)) for m in head_cols)
         cells += _cell(*removed.get(key, (None, None))[:1], *RANGES["coloraxis3"], ci=removed.get(key, (None, None))[1])
+        if head_llc:
+            value, lo, hi = head_llc.get(key, (None, None, None))
+            top = max(v[0] for v in head_llc.values())
+            cells += _cell(value, 0.0, max(top, 1e-9), "Blues", ci=None if value is None else [lo, hi])
         cls = " class=induction" if key in starred else ""
         rows.append(f"<tr{cls}><th>{_head_label(*key, starred)}</th>{cells}</tr>")
     note = "" if run.ablation else f" Ablation column empty: run <code>icl-lab ablate {html.escape(run.path)}</code>."
+    if head_llc:
+        note += (" Per-head LLC: the refined LLC of the head's weights at the last LLC checkpoint, [95% interval over "
+                 "SGLD chains] (<code>icl-lab llc --heads</code>; docs/llc.md).")
     return (f"<table class=mat><caption>{html.escape(run.name)}, final checkpoint; [95% bootstrap interval over "
             f"evaluation examples].{note}</caption>"
             f"<tr><th>head</th>{header}</tr>{''.join(rows)}</table>")

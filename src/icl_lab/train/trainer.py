@@ -5,6 +5,7 @@ trains, fsyncs each log row, and survives a kill -9 at any moment (`icl_lab.trai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -22,6 +23,7 @@ from icl_lab.io import TEMP_FILE, LineLog, clean_temp_files, write_json
 from icl_lab.model.transformer import Transformer
 from icl_lab.train.checkpoint import checkpoint_problem, load_train_state, load_weights, save_checkpoint
 from icl_lab.train.config import ExperimentConfig, TrainConfig
+from icl_lab.train.distributed import TokenLoss, World
 from icl_lab.train.layout import RunLayout
 from icl_lab.train.lock import hold_run
 from icl_lab.train.records import read_meta
@@ -147,29 +149,36 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
     _check_out(layout)
     if resume and layout.config.is_file() and ExperimentConfig.load(layout.config) == cfg and _is_complete(layout, cfg.train.steps):
         return layout.root  # nothing left to train: keep meta.json's record of the machine that trained it
+    world = World.from_env()
+    if not world.is_main:  # under torchrun: rank 0 holds the lock and owns the directory; the others only train
+        return _train(cfg, layout, resume, progress, world)
     try:
         with hold_run(layout):
             clean_temp_files(layout.root)  # only a trainer holding the lock writes in these two folders
             clean_temp_files(layout.checkpoint_dir)
             _prepare_dir(cfg, layout, resume)
-            return _train(cfg, layout, resume, progress)
+            return _train(cfg, layout, resume, progress, world)
     except OSError as e:  # before training started (config.json, tokenizer.json): nothing to record
         raise storage_error(e, layout) from None
 
 
-def _train(cfg: ExperimentConfig, layout: RunLayout, resume: bool, progress: Progress | None) -> Path:
+def _train(cfg: ExperimentConfig, layout: RunLayout, resume: bool, progress: Progress | None, world: World) -> Path:
     tc = cfg.train
     if resume and _is_complete(layout, tc.steps):
         return layout.root
-    device = resolve_device(tc.device)
+    device = world.device(resolve_device(tc.device))
+    world.init(device)
+    world.check_batch(tc.batch_size)
     model = Transformer(cfg.model, seed=derive_seed(cfg.seed, "init")).to(device)
+    loss_fn = world.wrap(TokenLoss(model))  # the loss goes through forward, where DDP arms its gradient sync
     optimizer = build_optimizer(model, tc)
     data = open_stream(cfg.data, cfg.model.d_vocab, cfg.model.n_ctx, tc.batch_size, derive_seed(cfg.seed, "data"))
     fingerprint = data.fingerprint(derive_seed(cfg.seed, "data"))
-    start = resume_point(layout) if resume else None
+    start = resume_point(layout) if resume and world.is_main else None
     if start is not None:  # before anything is written: the run's files stay as they were
         _check_same_data(layout, fingerprint)
-    if isinstance(data, TextStream):  # the run decodes its own tokens without the cache
+    start = world.broadcast(start)  # every rank resumes from the checkpoint rank 0 picked
+    if isinstance(data, TextStream) and world.is_main:  # the run decodes its own tokens without the cache
         data.tokens.tokenizer.save(layout.tokenizer)
     meta = {
         "seed": cfg.seed,
@@ -177,6 +186,7 @@ def _train(cfg: ExperimentConfig, layout: RunLayout, resume: bool, progress: Pro
         "data_fingerprint": fingerprint,
         "device": str(device),
         "threads": torch.get_num_threads(),
+        **({"world_size": world.size} if world.size > 1 else {}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "status": "running",
     }
@@ -185,10 +195,11 @@ def _train(cfg: ExperimentConfig, layout: RunLayout, resume: bool, progress: Pro
     step, tokens = 0, 0
     if start is not None:
         step, tokens = _restore(layout.checkpoint(start), model, optimizer, data)
-    if resume:
+    if resume and world.is_main:
         meta["created"] = read_meta(layout.meta).get("created", meta["created"])
         truncate_log(layout, step)
-    write_json(layout.meta, meta)
+    if world.is_main:
+        write_json(layout.meta, meta)
 
     schedule = set(checkpoint_steps(tc.steps, tc.n_checkpoints))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.dtype == "bf16")
@@ -200,22 +211,22 @@ def _train(cfg: ExperimentConfig, layout: RunLayout, resume: bool, progress: Pro
     record: StepRecord | None = None
     model.train()
     try:
-        if start is None:  # a fresh run, or every checkpoint damaged
+        if start is None and world.is_main:  # a fresh run, or every checkpoint damaged
             save_checkpoint(layout.checkpoint(0), model, optimizer, data.get_state(), 0, 0)
-        with LineLog(layout.log) as log:  # each row flushed at once and fsynced in the background
+        with LineLog(layout.log) if world.is_main else contextlib.nullcontext() as log:  # rows flushed at once, fsynced in the background
             while step < tc.steps:
                 lr = lr_at(step, tc)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                batch = data.next()
-                tokens_in = batch.tokens.to(device, non_blocking=True)
+                batch = data.next()  # the global batch: every rank draws it and trains on its own rows
+                tokens_in = world.rows(batch.tokens).to(device, non_blocking=True)
                 with autocast:
-                    per_token = model.per_token_loss(tokens_in)  # [batch, pos-1]
-                if batch.loss_mask is None:
+                    per_token = loss_fn(tokens_in)  # [batch / world, pos-1]
+                if batch.loss_mask is None:  # equal slices: DDP's mean of the ranks' means is the global mean
                     loss = per_token.mean()
-                else:  # only the marked targets (e.g. the answers of facts) are learned
-                    weight = batch.loss_mask.to(device, non_blocking=True)
-                    loss = (per_token * weight).sum() / weight.sum().clamp(min=1)
+                else:  # only the marked targets (e.g. the answers of facts) are learned, normalised by the global count
+                    weight = world.rows(batch.loss_mask).to(device, non_blocking=True)
+                    loss = (per_token * weight).sum() / batch.loss_mask.sum().clamp(min=1).to(device) * world.size
                 loss.backward()
                 if tc.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -225,11 +236,11 @@ def _train(cfg: ExperimentConfig, layout: RunLayout, resume: bool, progress: Pro
                 tokens += tokens_per_step
                 window_steps += 1
                 with torch.no_grad():
-                    mask = batch.repeat_mask.to(device)
+                    mask = world.rows(batch.repeat_mask).to(device)
                     sums += torch.stack([loss.detach(), (per_token.detach() * mask).sum(), mask.sum()]).double()
                 if step % tc.log_every == 0 or step in schedule or step == tc.steps:
-                    totals = sums.tolist()
-                    mean_loss = totals[0] / window_steps
+                    totals = world.sum(sums).tolist()
+                    mean_loss = totals[0] / window_steps / world.size
                     if not math.isfinite(mean_loss):
                         raise NonFiniteError(f"loss became {mean_loss} by step {step}; lower train.lr or lengthen train.warmup_steps")
                     now = time.perf_counter()
@@ -239,21 +250,24 @@ def _train(cfg: ExperimentConfig, layout: RunLayout, resume: bool, progress: Pro
                         lr=lr, tokens_per_s=window_steps * tokens_per_step / (now - window_start),
                         elapsed_s=now - t0,
                     )
-                    log.append(json.dumps(asdict(record)))
+                    if world.is_main:
+                        log.append(json.dumps(asdict(record)))
                     sums.zero_()
                     window_start, window_steps = now, 0
-                if step in schedule:
+                if step in schedule and world.is_main:
                     save_checkpoint(layout.checkpoint(step), model, optimizer, data.get_state(), step, tokens)
                 if progress is not None:
                     progress(step, tc.steps, record)
     except BaseException as e:  # Ctrl-C, a non-finite loss, a full disk: say so (only kill -9 leaves "running")
         err = storage_error(e, layout) if isinstance(e, OSError) else e
         reason = f"{type(err).__name__}: {err}".splitlines()[0] if str(err) else type(err).__name__
-        record_stop(layout, meta, reason)
+        if world.is_main:
+            record_stop(layout, meta, reason)
         if err is e:
             raise
         raise err from None
-    write_json(layout.meta, {**meta, "status": "complete"})
+    if world.is_main:
+        write_json(layout.meta, {**meta, "status": "complete"})
     return layout.root
 
 

@@ -1,0 +1,147 @@
+"""The `icl-lab llc` command: the local learning coefficient at a run's checkpoints (devinterp's
+SGLD), its calibration, its stages against the phase window and the score rises. A thin shell over
+`icl_lab.pipeline.llc`; registered on the main app by `icl_lab.cli`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from icl_lab.errors import ConfigError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def llc_cmd(
+    runs: list[Path] = typer.Argument(..., help="One or more run directories."),
+    heads: bool = typer.Option(False, "--heads", help="Also every head's refined LLC (one more set of chains per head)."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Choose lr, gamma and nbeta by the diagnostic grid on the "
+                                   "first run, and use them for every run given."),
+    calibration_file: Optional[Path] = typer.Option(None, "--calibration", help="Use the settings another run's calibration "
+                                                    "chose (its analysis/llc_calibration.json) [default: this run's own, if any]."),
+    lr: Optional[float] = typer.Option(None, help="SGLD step size epsilon [default: the run's calibration, else 1e-4]."),
+    gamma: Optional[float] = typer.Option(None, help="Localisation strength [default: the run's calibration, else 1000]."),
+    nbeta: Optional[float] = typer.Option(None, help="Inverse temperature n*beta [default: the calibration, else n/log n of a batch's tokens]."),
+    chains: int = typer.Option(4, help="SGLD chains per estimate."),
+    draws: int = typer.Option(200, help="Draws per chain."),
+    burnin: int = typer.Option(0, help="Steps dropped at the start of each chain."),
+    batch_size: int = typer.Option(32, help="Sequences per SGLD step."),
+    seed: int = typer.Option(0, help="Seed of the chains (chain k uses seed + k)."),
+    checkpoints: Optional[int] = typer.Option(None, help="Measure this many checkpoints, spread over log-steps [default: all]."),
+    executor: Optional[str] = typer.Option(None, help="Fan checkpoints out: local (a process pool), ray or slurm [default: serial]."),
+    jobs: int = typer.Option(2, "--jobs", "-j", help="Checkpoints at once with --executor."),
+    threads: int = typer.Option(1, help="Torch threads per checkpoint task with --executor."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address with --executor ray [default: a local Ray]."),
+    reuse: bool = typer.Option(False, help="Skip a run whose llc.json is newer than its last checkpoint and has these settings."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summaries as JSON on stdout, nothing else."),
+) -> None:
+    """Estimate the local learning coefficient at every checkpoint (or --checkpoints N of them) with
+    devinterp's SGLD, flag unhealthy estimates, find the LLC's stages and set them beside the
+    phase window and the previous-token and prefix-matching rises. Writes RUN/analysis/llc.json
+    and llc rows in the run's metrics table; --calibrate also writes llc_calibration.json."""
+    import icl_lab
+    from icl_lab.measure.llc import SGLDSettings
+    from icl_lab.pipeline.llc import calibrate_run, llc_run
+    from icl_lab.run.results import is_fresh, llc_path, read_llc
+
+    if calibrate and any(v is not None for v in (lr, gamma, nbeta)):
+        raise ConfigError("--calibrate chooses --lr, --gamma and --nbeta; drop them or drop --calibrate")
+    if calibrate and calibration_file is not None:
+        raise ConfigError("--calibrate and --calibration both choose the settings; keep one")
+    loaded = [icl_lab.load_run(r) for r in runs]
+    base = SGLDSettings.parse({"chains": chains, "draws": draws, "burnin": burnin, "batch_size": batch_size, "seed": seed},
+                              "SGLD settings")
+    explicit = {k: v for k, v in {"lr": lr, "gamma": gamma, "nbeta": nbeta}.items() if v is not None}
+    calibration = _read_calibration(calibration_file) if calibration_file is not None else None
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeRemainingColumn())
+    if calibrate:
+        with Progress(*columns, console=err_console, transient=True) as bar:
+            task = bar.add_task(f"calibrate on {loaded[0].path.name}", total=None)
+            cal = calibrate_run(loaded[0], base, progress=lambda _, done, total: bar.update(task, completed=done, total=total))
+        calibration = {**cal.to_json(), "run": str(loaded[0].path)}
+        _print_calibration(cal, json_out)
+    summaries = {}
+    with Progress(*columns, console=err_console, transient=json_out) as bar:
+        for run in loaded:
+            cal = calibration or _stored_calibration(run)
+            settings = base.replace(**{k: cal["chosen"][k] for k in ("lr", "gamma", "nbeta")}) if cal else base
+            settings = settings.replace(**explicit)
+            old = read_llc(run)
+            if reuse and old and is_fresh(run, llc_path(run)) and old["settings"]["sgld"] == settings.model_dump() \
+                    and old["settings"]["heads"] == heads and (checkpoints is None or len(old["steps"]) == checkpoints):
+                summaries[str(run.path)] = old
+                continue
+            task = bar.add_task(f"llc {run.path.name}", total=None)
+            summaries[str(run.path)] = llc_run(run, settings, heads, checkpoints, executor, jobs, threads, address,
+                                               calibration=cal if not explicit else {**cal, "overridden": explicit} if cal else None,
+                                               progress=lambda _, done, total: bar.update(task, completed=done, total=total))
+    _print_summaries(summaries, json_out)
+
+
+def _read_calibration(path: Path) -> dict:
+    if path.is_dir():
+        path = path / "analysis" / "llc_calibration.json"
+    try:
+        record = json.loads(path.read_text())
+        record["chosen"]["lr"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path} is not a readable llc_calibration.json; run `icl-lab llc RUN --calibrate` first") from None
+    return record
+
+
+def _stored_calibration(run) -> dict | None:
+    path = run.layout.analysis_dir / "llc_calibration.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _print_calibration(cal, json_out: bool) -> None:
+    if json_out:
+        return
+    table = Table(title="SGLD calibration (2 chains per point; docs/llc.md)", box=None)
+    for col in ("nbeta", "gamma", "lr", *(f"step {s}" for s in cal.steps)):
+        table.add_column(col, justify="right")
+    points: dict[tuple, list[dict]] = {}
+    for r in cal.rows:
+        points.setdefault((r["nbeta"], r["gamma"], r["lr"]), []).append(r)
+    for (nb, g, lr), rs in points.items():
+        table.add_row(f"{nb:.0f}", f"{g:g}", f"{lr:g}", *(f"{r['llc']:.1f}" + ("" if r["ok"] else " [red]x[/]") for r in rs))
+    console.print(table)
+    c = cal.chosen
+    state = "healthy at every calibration step" if cal.healthy else "[red]no point was healthy everywhere: the least bad[/]"
+    console.print(f"chosen: lr {c.lr:g}, gamma {c.gamma:g}, nbeta {c.nbeta or 'n/log n'} ({state})")
+
+
+def _print_summaries(summaries: dict[str, dict], json_out: bool) -> None:
+    if json_out:
+        print(json.dumps(list(summaries.values()) if len(summaries) > 1 else next(iter(summaries.values())), indent=2))
+        return
+    for path, s in summaries.items():
+        llc, steps = s["llc"], s["steps"]
+        peak = max(range(len(llc)), key=lambda i: llc[i])
+        console.print(f"[bold]{path}[/]: LLC {llc[0]:.1f} (step {steps[0]}) -> peak {llc[peak]:.1f} (step {steps[peak]}) "
+                      f"-> {llc[-1]:.1f} (step {steps[-1]}); {sum(s['healthy'])}/{len(llc)} estimates healthy")
+        st = s["stages"]
+        for stage in st["stages"]:
+            console.print(f"  stage {stage['start_tokens']:>12,.0f} - {stage['end_tokens']:>12,.0f} tokens: {stage['direction']:<8}"
+                          f" LLC {stage['llc_start']:.1f} -> {stage['llc_end']:.1f}")
+        for label, key in (("previous-token rise", "llc_in_previous_token_rise"), ("prefix-matching rise", "llc_in_prefix_matching_rise")):
+            d, w = st.get(key), st.get(key.replace("llc_in_", "").replace("_rise", "_window"))
+            if d and w:
+                console.print(f"  {label} {w['start_tokens']:,.0f}-{w['end_tokens']:,.0f} tokens: LLC {d['direction']} "
+                              f"({d['llc_start']:.1f} -> {d['llc_end']:.1f})")
+        if st.get("two_part_bump") is not None:
+            console.print(f"  previous-token stage first: {st['previous_token_first']}; two-part bump (LLC falls, then rises): "
+                          f"{st['two_part_bump']}")
+        for w in s["warnings"]:
+            err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+
+
+def register_llc(app: typer.Typer) -> None:
+    app.command("llc")(llc_cmd)

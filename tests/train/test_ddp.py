@@ -1,0 +1,79 @@
+"""Data-parallel training with torchrun and DDP (gloo, loopback): a 2-process run is the same run as
+one process on the same global batch (to 1e-5 after 20 AdamW steps), rank 0 alone writes the run
+directory, and a DDP run stopped mid-way resumes bit-identically."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from icl_lab.run import load_run
+from icl_lab.train.checkpoint import load_weights
+from icl_lab.train.trainer import fit
+from tests.train.test_resume import small_experiment
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch without gloo")
+WORKER = Path(__file__).with_name("ddp_worker.py")
+ROOT = Path(__file__).parents[2]
+
+
+def torchrun(cfg, out: Path, mode: str = "fresh", nproc: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           str(WORKER), json.dumps(cfg.model_dump(mode="json")), str(out), mode]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return small_experiment(steps=20).replace(train={"batch_size": 8, "n_checkpoints": 8, "log_every": 2})
+
+
+@pytest.fixture(scope="module")
+def ddp_run(cfg, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    r = torchrun(cfg, out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return load_run(out)
+
+
+def test_two_processes_match_one_on_the_same_global_batch(cfg, ddp_run, tmp_path):
+    torch.set_num_threads(1)
+    single = load_run(fit(cfg, tmp_path / "single"))
+    assert single.checkpoints == ddp_run.checkpoints
+    a, b = load_weights(single.layout.checkpoint(20)), load_weights(ddp_run.layout.checkpoint(20))
+    # The key bias shifts every score of a query equally, so softmax ignores it: its exact gradient is
+    # 0, its computed one is rounding noise, and AdamW turns noise into lr-sized steps. Any change of
+    # summation order (DDP's all-reduce, another thread count) moves it; it changes no output.
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a if not k.endswith("attn.b_K"))
+    assert worst <= 1e-5, f"DDP weights differ by {worst:.2e} after 20 steps"
+    assert ddp_run.log.step.tolist() == single.log.step.tolist()
+    assert max(abs(x - y) for x, y in zip(ddp_run.log.loss, single.log.loss)) < 1e-5  # the logged loss is the global batch's
+    assert ddp_run.meta["world_size"] == 2 and ddp_run.meta["status"] == "complete"
+
+
+def test_ddp_run_stopped_mid_way_resumes_bit_identically(cfg, ddp_run, tmp_path):
+    out = tmp_path / "resumed"
+    stopped = torchrun(cfg, out, "stop-at-13")
+    assert stopped.returncode != 0
+    part = load_run(out)
+    assert part.meta["status"] == "stopped" and part.checkpoints[-1] < 13
+    resumed = torchrun(cfg, out, "resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    run = load_run(out)
+    for step in run.checkpoints:
+        a, b = load_weights(ddp_run.layout.checkpoint(step)), load_weights(run.layout.checkpoint(step))
+        assert all(torch.equal(a[k], b[k]) for k in a), f"weights differ at step {step}"
+    assert run.log.loss.tolist() == ddp_run.log.loss.tolist()
+
+
+def test_a_batch_that_does_not_split_is_one_line(cfg, tmp_path):
+    r = torchrun(cfg.replace(train={"batch_size": 9}), tmp_path / "odd")
+    assert r.returncode != 0 and "does not split over 2 processes" in r.stderr
