@@ -48,7 +48,7 @@ def llc_cmd(
     and llc rows in the run's metrics table; --calibrate also writes llc_calibration.json."""
     import icl_lab
     from icl_lab.measure.llc import SGLDSettings
-    from icl_lab.pipeline.llc import calibrate_run, llc_run
+    from icl_lab.pipeline.llc import calibrate_run, llc_run, llc_steps
     from icl_lab.run.results import is_fresh, llc_path, read_llc
 
     if calibrate and any(v is not None for v in (lr, gamma, nbeta)):
@@ -75,7 +75,7 @@ def llc_cmd(
             settings = settings.replace(**explicit)
             old = read_llc(run)
             if reuse and old and is_fresh(run, llc_path(run)) and old["settings"]["sgld"] == settings.model_dump() \
-                    and old["settings"]["heads"] == heads and (checkpoints is None or len(old["steps"]) == checkpoints):
+                    and old["settings"]["heads"] == heads and old["steps"] == llc_steps(run.checkpoints, checkpoints):
                 summaries[str(run.path)] = old
                 continue
             task = bar.add_task(f"llc {run.path.name}", total=None)
@@ -98,7 +98,7 @@ def _read_calibration(path: Path) -> dict:
 
 def _stored_calibration(run) -> dict | None:
     path = run.layout.analysis_dir / "llc_calibration.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return _read_calibration(path) if path.is_file() else None
 
 
 def _print_calibration(cal, json_out: bool) -> None:
@@ -123,10 +123,11 @@ def _print_summaries(summaries: dict[str, dict], json_out: bool) -> None:
         print(json.dumps(list(summaries.values()) if len(summaries) > 1 else next(iter(summaries.values())), indent=2))
         return
     for path, s in summaries.items():
-        llc, steps = s["llc"], s["steps"]
-        peak = max(range(len(llc)), key=lambda i: llc[i])
-        console.print(f"[bold]{path}[/]: LLC {llc[0]:.1f} (step {steps[0]}) -> peak {llc[peak]:.1f} (step {steps[peak]}) "
-                      f"-> {llc[-1]:.1f} (step {steps[-1]}); {sum(s['healthy'])}/{len(llc)} estimates healthy")
+        pairs = [(step, v) for step, v in zip(s["steps"], s["llc"]) if v is not None]  # None: a diverged estimate
+        (s0, first), (s1, last) = pairs[0], pairs[-1]
+        peak_step, peak = max(pairs, key=lambda p: p[1])
+        console.print(f"[bold]{path}[/]: LLC {first:.1f} (step {s0}) -> peak {peak:.1f} (step {peak_step}) "
+                      f"-> {last:.1f} (step {s1}); {sum(s['healthy'])}/{len(s['llc'])} estimates healthy")
         st = s["stages"]
         for stage in st["stages"]:
             console.print(f"  stage {stage['start_tokens']:>12,.0f} - {stage['end_tokens']:>12,.0f} tokens: {stage['direction']:<8}"

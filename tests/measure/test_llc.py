@@ -140,6 +140,17 @@ def test_health_names_each_problem():
     assert any("not positive" in p for p in negative.health()["problems"])
 
 
+def test_interval_is_students_t_over_chains_and_a_diverged_chain_is_named():
+    est = LLCEstimate(2.5, [1.0, 2.0, 3.0, 4.0], 1.0, np.full((4, 8), 1.01), 60.0)
+    lo, hi = est.interval()  # mean 2.5, sample sd 1.291, t(3) 3.182: half-width 2.054
+    assert (lo, hi) == pytest.approx((2.5 - 2.054, 2.5 + 2.054), abs=1e-3)
+    assert LLCEstimate(2.0, [2.0], 1.0, np.full((1, 8), 1.01), 60.0).interval() == (2.0, 2.0)
+    trace = np.full((2, 8), 1.0)
+    trace[1, 5:] = np.nan
+    diverged = LLCEstimate(float("nan"), [1.0, float("nan")], 1.0, trace, 60.0, reference_loss=4.0).health()
+    assert not diverged["ok"] and diverged["problems"] == ["a chain diverged (non-finite loss); lower ε"]
+
+
 def test_bad_settings_and_too_few_sequences_are_one_line_errors():
     with pytest.raises(ConfigError, match="lr"):
         SGLDSettings.parse({"lr": -1})

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -165,6 +166,32 @@ def test_ray_local_gives_the_same_results(local):
     _assert_same(trials, _tiny_sweep(root, "ray")[1])
 
 
+def test_a_ray_head_started_apart_runs_the_sweep_through_address(local, tmp_path):
+    """`ray start --head` on 127.0.0.1 (no dashboard, usage stats off), then the sweep through
+    `--address`: the same results as the local pool, bit for bit."""
+    pytest.importorskip("ray")
+    import shutil
+    import socket
+
+    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent))
+    if ray_bin is None:
+        pytest.skip("the ray command is not installed next to this python")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    start = subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                            "--include-dashboard=false", "--disable-usage-stats"], capture_output=True, text=True, env=env)
+    assert start.returncode == 0, start.stderr[-1500:]
+    try:
+        root, jobs, trials = local
+        cluster = expand(load_sweep(write(tmp_path, TINY)), tmp_path / "cluster")
+        res = run_sweep(cluster, tmp_path / "cluster", executor="ray", n_jobs=2, threads=1, address=f"127.0.0.1:{port}")
+        _assert_same(trials, res.trials)
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env)
+
+
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason="Ray 2.60 binds its GCS, raylet and worker gRPC servers to all interfaces "
                    "even with _node_ip_address=127.0.0.1 (docs/sweeps.md); strict, so a fix shows up here")
 def test_local_ray_listens_on_loopback_only(tmp_path):
@@ -191,3 +218,24 @@ def test_cli_dry_run_and_one_line_errors(tmp_path):
     assert "Traceback" not in bad.stderr
     jobs0 = cli(str(path), "--jobs", "0")
     assert jobs0.returncode == 1 and "--jobs and --threads must be at least 1" in jobs0.stderr
+
+
+def test_family_table_and_report_from_the_sweep_folder(local):
+    import pandas as pd
+
+    from icl_lab.report import write_report
+    from icl_lab.report.family import family_table
+
+    root, jobs, trials = local
+    folder = root / "local"
+    family = pd.read_parquet(folder / "metrics.parquet")
+    assert set(family.trial) == {"n_layers=1-seed0", "n_layers=2-seed0"}
+    assert set(family["model.n_layers"]) == {1, 2} and set(family.seed) == {0}
+    one = load_run(trials[0]["run"]).store.read()
+    assert len(family[family.trial == "n_layers=1-seed0"]) == len(one)  # the union, row for row
+    table = family_table(folder)
+    assert table["model.n_layers"].tolist() == [1, 2] and table.status.eq("ok").all()
+    report = write_report([folder])
+    page = report.path.read_text()
+    assert report.path == folder / "report.html" and "family report" in page and "n_layers=2-seed0" in page
+    assert "fig-family" in page and "phase-change onset" in page

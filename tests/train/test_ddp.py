@@ -77,3 +77,21 @@ def test_ddp_run_stopped_mid_way_resumes_bit_identically(cfg, ddp_run, tmp_path)
 def test_a_batch_that_does_not_split_is_one_line(cfg, tmp_path):
     r = torchrun(cfg.replace(train={"batch_size": 9}), tmp_path / "odd")
     assert r.returncode != 0 and "does not split over 2 processes" in r.stderr
+
+
+def test_a_masked_loss_is_normalised_by_the_global_batch(tmp_path):
+    """Out-of-context facts train on their answers only (a loss mask whose count differs between the
+    ranks' slices): DDP must still give the one-process gradient."""
+    import icl_lab
+
+    cfg = icl_lab.get_preset("oocr-reversal").replace(train={"steps": 12, "batch_size": 16, "n_checkpoints": 4, "log_every": 3,
+                                                             "warmup_steps": 2})
+    r = torchrun(cfg, tmp_path / "ddp")
+    assert r.returncode == 0, r.stderr[-2000:]
+    torch.set_num_threads(1)
+    single = load_run(fit(cfg, tmp_path / "single"))
+    ddp = load_run(tmp_path / "ddp")
+    a, b = load_weights(single.layout.checkpoint(12)), load_weights(ddp.layout.checkpoint(12))
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a if not k.endswith("attn.b_K"))
+    assert worst <= 1e-5, f"masked-loss DDP weights differ by {worst:.2e}"
+    assert max(abs(x - y) for x, y in zip(ddp.log.loss, single.log.loss)) < 1e-5

@@ -121,3 +121,24 @@ def test_resuming_on_other_data_is_refused_before_anything_is_written(tmp_path):
                                           r"fingerprint sha256:0+ -> sha256:\w+\); restore them or start a new run with another --out$"):
         fit(cfg, tmp_path / "run", resume=True)
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+
+
+def test_a_run_resumes_on_another_device_setting_as_the_same_run(tmp_path):
+    """`train.device` is where a run trains, not which run it is: resuming with another device
+    setting continues it (and config.json keeps what it was started with)."""
+    cfg = small_experiment(steps=20)
+    straight = load_run(fit(cfg, tmp_path / "straight"))
+
+    def stop(step, total, rec):
+        if step == 9:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(cfg, tmp_path / "moved", progress=stop)
+    moved = cfg.replace(train={"device": "cpu"})
+    assert moved != cfg and moved.same_run(cfg) and not moved.same_run(cfg.replace(seed=6))
+    fit(moved, tmp_path / "moved", resume=True)
+    run = load_run(tmp_path / "moved")
+    assert run.config.train.device == "auto" and run.meta["status"] == "complete"
+    a, b = load_weights(straight.layout.checkpoint(20)), load_weights(run.layout.checkpoint(20))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -37,14 +37,18 @@ from icl_lab.errors import ConfigError
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]  # (model, input_ids [batch, pos]) -> [batch, pos-1]
 
-# What a healthy estimate looks like (docs/llc.md, "Calibration"): the mean loss of the trace's
-# last pass over the data within 10% of the excess loss of the pass before (or a change the chains
-# do not agree on: under 2 standard errors), chains within 20% of each other, and the chain giving
-# back at most half of what training gained over the uniform prediction.
+# What a healthy estimate looks like (docs/llc.md, "Calibration"): no trend in the loss over the
+# trace after its first pass that both moves the estimate by more than 10% and stands 3 standard
+# errors from flat, chains within 20% of each other, and the chain giving back at most half of
+# what training gained over the uniform prediction.
 MAX_DRIFT = 0.1
 MAX_SPREAD = 0.2
 MAX_GIVE_BACK = 0.5
 MIN_GAIN = 0.1  # nats: the give-back denominator's floor, for checkpoints still at the uniform loss
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086)  # Student's t 97.5% points, 1-20 degrees of freedom (then 2.086: conservative)
+MIN_TREND_T = 3.0  # a drift is a trend this many standard errors from flat (about 95% with the 3 degrees of freedom of 200 draws)
+MIN_SCALE = 1.0  # chains' spread is relative to the estimate, or to 1 below it: ±0.01 on an LLC of 0.03 is no disagreement
 
 
 class SGLDSettings(FrozenConfig):
@@ -102,41 +106,63 @@ class LLCEstimate:
 
     @property
     def std(self) -> float:
-        """Standard deviation of the estimate across chains."""
-        return float(np.std(self.per_chain)) if len(self.per_chain) > 1 else 0.0
+        """Sample standard deviation of the estimate across chains (ddof 1)."""
+        return float(np.std(self.per_chain, ddof=1)) if len(self.per_chain) > 1 else 0.0
+
+    def interval(self) -> tuple[float, float]:
+        """95% interval of the mean over chains (Student's t, chains - 1 degrees of freedom);
+        the estimate itself for one chain."""
+        n = len(self.per_chain)
+        if n < 2:
+            return self.value, self.value
+        half = T975[min(n - 1, len(T975)) - 1] * self.std / np.sqrt(n)
+        return self.value - half, self.value + half
 
     def health(self) -> dict[str, Any]:
         """The diagnostics of docs/llc.md: drift, spread, give-back, positivity; `ok` and `problems`."""
+        if not np.isfinite(self.trace).all() or not np.isfinite(self.per_chain).all():
+            return {"drift": float("nan"), "drift_t": float("nan"), "spread": float("nan"), "give_back": None,
+                    "excess_loss": float("nan"), "ok": False, "problems": ["a chain diverged (non-finite loss); lower ε"]}
         mean = self.trace.mean(axis=0)  # [step]
         excess = float(mean.mean() - self.init_loss)
-        drift, noise = self._drift()
-        drift_rel = abs(drift) / max(abs(excess), 1e-12)
-        spread = self.std / max(abs(self.value), 1e-12)
+        change, t = self._trend()
+        drift = abs(change) * self.nbeta / max(abs(self.value), MIN_SCALE)  # in units of the estimate (or of 1)
+        spread = self.std / max(abs(self.value), MIN_SCALE)
         gain = None if self.reference_loss is None else max(self.reference_loss - self.init_loss, MIN_GAIN)
         give_back = None if gain is None else excess / gain
         problems = []
-        if not np.isfinite(self.trace).all() or not np.isfinite(self.per_chain).all():
-            problems.append("a chain diverged (non-finite loss)")
         if min(self.per_chain) <= 0:
             problems.append("a chain's estimate is not positive (the checkpoint is not at a local minimum at this ε, or ε is too small)")
-        if drift_rel > MAX_DRIFT and abs(drift) > 2 * noise:
-            problems.append(f"the loss trace still drifts at the end ({drift_rel:.0%} of the excess loss; more draws or a larger ε)")
+        if drift > MAX_DRIFT and abs(t) > MIN_TREND_T:
+            problems.append(f"the loss trace still drifts ({drift:.0%} of the estimate over the trace after its first pass; "
+                            "more draws or a larger ε)")
         if spread > MAX_SPREAD:
             problems.append(f"chains disagree (spread {spread:.0%} of the estimate)")
         if give_back is not None and give_back > MAX_GIVE_BACK:
             problems.append(f"the chain gave back {give_back:.0%} of the loss training gained (it left the basin; larger γ or nβ)")
-        return {"drift": drift_rel, "spread": spread, "give_back": give_back, "excess_loss": excess,
+        return {"drift": drift, "drift_t": t, "spread": spread, "give_back": give_back, "excess_loss": excess,
                 "ok": not problems, "problems": problems}
 
-    def _drift(self) -> tuple[float, float]:
-        """(mean loss of the last window − the window before, its standard error across chains).
-        Windows are one whole pass over the data each when the trace holds two, so the batches' own
-        difficulty cancels; otherwise quarters of the trace."""
-        n = self.trace.shape[1]
-        w = self.epoch if self.epoch and n >= 2 * self.epoch else max(1, n // 4)
-        per_chain = self.trace[:, -w:].mean(axis=1) - self.trace[:, -2 * w:-w].mean(axis=1)  # [chain]
-        noise = float(per_chain.std(ddof=1) / np.sqrt(len(per_chain))) if len(per_chain) > 1 else 0.0
-        return float(per_chain.mean()), noise
+    def _trend(self) -> tuple[float, float]:
+        """(the fitted change of the chains' mean loss over the trace after its first block, the
+        slope's t-statistic). Blocks are whole passes over the data when there are at least four
+        (devinterp's default `epoch_mode="cycle"` replays its first shuffled pass, so every block
+        sees the same batches), else quarters; the first
+        block is dropped as the chains' relaxation. The t-statistic comes from the blocks' scatter
+        about the line, which also holds the noise the chains share through their common batches."""
+        mean = self.trace.mean(axis=0)
+        n = len(mean)
+        w = self.epoch if self.epoch and n >= 4 * self.epoch else max(1, n // 4)
+        blocks = mean[: (n // w) * w].reshape(-1, w).mean(axis=1)[1:]  # [block]
+        if len(blocks) < 2:
+            return 0.0, 0.0
+        x = np.arange(len(blocks), dtype=float)
+        slope, intercept = np.polyfit(x, blocks, 1)
+        resid = blocks - (slope * x + intercept)
+        dof = len(blocks) - 2
+        se = np.sqrt((resid @ resid) / dof / ((x - x.mean()) @ (x - x.mean()))) if dof > 0 else 0.0
+        t = float(slope / se) if se > 0 else (float("inf") if slope else 0.0)
+        return float(slope * (len(blocks) - 1)), t
 
 
 class TokenDataset(torch.utils.data.Dataset):

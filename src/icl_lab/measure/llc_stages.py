@@ -102,6 +102,8 @@ def direction_in(window: Window | None, tokens: np.ndarray, llc: np.ndarray, ban
         return None
     keep = (np.asarray(tokens) > 0) & np.isfinite(llc)
     x, y = np.log10(np.asarray(tokens, float)[keep]), np.asarray(llc, float)[keep]
+    if len(x) < 2:
+        return None
     edges = np.log10([window.start_tokens, max(window.end_tokens, window.start_tokens)])
     a, b = smooth(x, y, edges, bandwidth)
     grid = np.linspace(x.min(), x.max(), GRID)

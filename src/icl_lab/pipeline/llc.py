@@ -3,8 +3,8 @@ over the sweep engines, stored as tidy rows, and summarised with its stages besi
 measurements in `RUN/analysis/llc.json`.
 
 Rows (metric, layer, head, value, lo, hi): `llc` (lo/hi: a 95% interval over chains), `llc.head`
-per head with `--heads`, and the health of each estimate: `llc.drift`, `llc.spread`,
-`llc.give_back`, `llc.healthy` (1 or 0; docs/llc.md). Their provenance holds the SGLD settings and
+per head with `--heads` (and `llc.head.healthy`), and the health of each estimate: `llc.drift`,
+`llc.spread`, `llc.give_back`, `llc.healthy` (1 or 0; docs/llc.md). Their provenance holds the SGLD settings and
 the fingerprint of the tokens the chains sampled on: 1,024 sequences of the run's own data (the
 validation split for text) drawn with a seed of their own.
 
@@ -15,7 +15,6 @@ validation split for text) drawn with a seed of their own.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections.abc import Sequence
 
@@ -72,8 +71,10 @@ class LLC(Measurement):
         rows = [_estimate_row(ctx, "llc", est)]
         rows += [ctx.row(f"llc.{k}", float(h[k])) for k in ("drift", "spread")]
         rows += [ctx.row("llc.give_back", float(h["give_back"]))] if h["give_back"] is not None else []
-        rows.append(ctx.row("llc.healthy", float(h["ok"] and all(e.health()["ok"] for e in est.heads.values()))))
-        rows += [_estimate_row(ctx, "llc.head", e, layer=layer, head=head) for (layer, head), e in sorted(est.heads.items())]
+        rows.append(ctx.row("llc.healthy", float(h["ok"])))
+        for (layer, head), e in sorted(est.heads.items()):
+            rows.append(_estimate_row(ctx, "llc.head", e, layer=layer, head=head))
+            rows.append(ctx.row("llc.head.healthy", float(e.health()["ok"]), layer=layer, head=head))
         return rows
 
     def settings(self) -> dict:
@@ -82,8 +83,8 @@ class LLC(Measurement):
 
 
 def _estimate_row(ctx: Context, metric: str, est: LLCEstimate, **extra) -> dict:
-    half = 1.96 * est.std / math.sqrt(len(est.per_chain))  # a 95% interval over independent chains
-    return ctx.row(metric, est.value, lo=est.value - half, hi=est.value + half, **extra)
+    lo, hi = est.interval()  # 95% over independent chains (Student's t)
+    return ctx.row(metric, est.value, lo=lo, hi=hi, **extra)
 
 
 def llc_steps(steps: Sequence[int], n: int | None) -> list[int]:
@@ -153,18 +154,30 @@ def llc_run(run: Run, settings: SGLDSettings | None = None, heads: bool = False,
 
 def summarize(run: Run, table: pd.DataFrame, settings: dict, calibration: dict | None = None) -> dict:
     """llc.json: the settings, the curve's health, the stages beside the score rises and the phase window."""
-    wide = table[table.metric.isin(("llc", "llc.healthy"))].pivot_table(index=["step", "tokens"], columns="metric", values="value")
+    rows = table[table.metric.isin(("llc", "llc.healthy"))]
+    # one index level: dropna=False over (step, tokens) would build their product
+    wide = rows.pivot_table(index="step", columns="metric", values="value", dropna=False).reindex(columns=["llc", "llc.healthy"])
+    wide["tokens"] = rows.groupby("step").tokens.first().reindex(wide.index)
     wide = wide.reset_index().sort_values("step")
+    if wide.empty or not np.isfinite(wide["llc"]).any():
+        raise ConfigError(f"no finite LLC estimate for {run.path}; every chain diverged: lower --lr or run --calibrate")
     bad = wide[wide["llc.healthy"] < 1].step.tolist()
     warnings = [] if not bad else [f"{len(bad)} of {len(wide)} estimates failed the health checks (steps {bad[:8]}"
                                    f"{'...' if len(bad) > 8 else ''}); see llc.drift, llc.give_back, llc.spread and docs/llc.md"]
+    heads = table[table.metric == "llc.head.healthy"]
+    if len(heads) and (heads.value < 1).any():
+        worst = heads[heads.value < 1].groupby(["layer", "head"]).size().sort_values(ascending=False)
+        named = ", ".join(f"L{int(l)}H{int(h)} ({n})" for (l, h), n in worst.items())
+        warnings.append(f"{int((heads.value < 1).sum())} of {len(heads)} per-head estimates failed the health checks: {named}")
     if calibration is not None and not calibration.get("healthy", True):
         warnings.append("no calibration point was healthy at every calibration checkpoint; these settings are the least bad")
     if calibration is None:
         warnings.append("uncalibrated settings; run `icl-lab llc --calibrate` to choose them by the diagnostic")
     stages = _stages(run, wide)
     return {"run": str(run.path), "settings": settings, "calibration": calibration, "warnings": warnings,
-            "steps": wide.step.tolist(), "tokens": wide.tokens.tolist(), "llc": wide["llc"].tolist(), "healthy": [bool(v) for v in wide["llc.healthy"]],
+            "steps": wide.step.tolist(), "tokens": wide.tokens.tolist(),
+            "llc": [float(v) if np.isfinite(v) else None for v in wide["llc"]],  # None: a diverged estimate
+            "healthy": [bool(v == 1) for v in wide["llc.healthy"]],
             "stages": stages, "versions": library_versions()}
 
 

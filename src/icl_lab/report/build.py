@@ -11,6 +11,7 @@ from pathlib import Path
 from icl_lab.errors import ConfigError
 from icl_lab.io import write_text
 from icl_lab.report.collect import RunData, collect_run
+from icl_lab.report.family import family_page, family_table, is_sweep_dir
 from icl_lab.report.oocr_figures import oocr_verdict
 from icl_lab.report.page import render_html
 from icl_lab.report.verdict import Verdict, judge, verdict_lines
@@ -76,6 +77,14 @@ def write_report(paths: Sequence[str | Path], out: str | Path | None = None, pro
     out = Path(out) if out is not None else default_out(paths)
     if out.suffix.lower() not in (".html", ".htm"):
         raise ConfigError(f"--out {out} should end in .html; the report is one HTML file")
+    if len(paths) == 1 and is_sweep_dir(paths[0]):  # a sweep folder: the family report
+        table = family_table(paths[0])
+        page = family_page(paths[0])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text(out, page)
+        ok = table[table.status == "ok"]
+        return Report(out, [f"family of {len(table)} trials ({len(ok)} finished); "
+                            f"{int(ok.phase_change.fillna(False).astype(bool).sum())} show a phase change"], [])
     runs = [open_run_files(p) for p in paths]
     page, verdicts, lines = build_report(runs, progress)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -118,7 +118,7 @@ class Lab:
         its own unless its analysis is up to date."""
         cfg = experiment(name, self.scale, seed)
         path = self.root / f"{name}-s{seed}"
-        if (path / "config.json").is_file() and ExperimentConfig.load(path) != cfg:
+        if (path / "config.json").is_file() and not ExperimentConfig.load(path).same_run(cfg):
             raise ConfigError(f"{path} holds a different experiment (another --scale?); remove it or choose another --out")
         progress = None
         if self.train_progress is not None:

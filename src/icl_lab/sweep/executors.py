@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from icl_lab.engines import ENGINES, default_threads, map_tasks
 from icl_lab.errors import ConfigError
-from icl_lab.io import write_json
+from icl_lab.io import atomic_write, write_json
+from icl_lab.run import load_run
 from icl_lab.sweep.job import run_job
 from icl_lab.sweep.spec import Job
 
@@ -98,11 +101,35 @@ def run_sweep(jobs: list[Job], out: str | Path, executor: str = "local", n_jobs:
             progress(res, len(done), len(jobs))
     final = result()
     write_json(out / "sweep.json", final.to_json())
+    write_family_metrics(out, jobs, final.trials)
     return final
 
 
+def write_family_metrics(out: Path, jobs: list[Job], trials: list[dict]) -> Path | None:
+    """`SWEEP/metrics.parquet`: the union of the finished runs' metrics tables, each row labelled with
+    its trial, seed and grid values (one column per swept field), for the family report and queries.
+    None when no run has a table yet (no analysis stage)."""
+    frames = []
+    for job, trial in zip(jobs, trials):
+        run = Path(job.out)
+        if trial["status"] != "ok" or not (run / "analysis" / "metrics.parquet").is_file():
+            continue
+        table = load_run(run).store.read()
+        labels = {"trial": job.name, "seed": job.seed, **job.point}
+        clash = sorted(set(labels) & set(table.columns))
+        if clash:  # a swept field named like a table column: keep the table's, prefix the label
+            labels = {(f"grid.{k}" if k in clash else k): v for k, v in labels.items()}
+        frames.append(table.assign(**labels))
+    family = out / "metrics.parquet"
+    if not frames:
+        family.unlink(missing_ok=True)  # no stale union of an earlier sweep
+        return None
+    union = pd.concat(frames, ignore_index=True)
+    return atomic_write(family, lambda p: union.to_parquet(p, index=False))
+
+
 def _pending(job: Job) -> dict:
-    return {"name": job.name, "run": job.out, "status": "pending", "error": "not finished"}
+    return {"name": job.name, "run": job.out, "point": job.point, "seed": job.seed, "status": "pending", "error": "not finished"}
 
 
 def _failed(job: Job, e: BaseException) -> dict:

@@ -34,8 +34,9 @@ def run_job(job: Job, threads: int = 1) -> dict:
     """
     torch.set_num_threads(max(1, threads))
     start = time.perf_counter()
-    result = {"name": job.name, "run": job.out, "status": "ok", "error": None, "trained": False, "seconds": 0.0,
-              "final_loss": None, "icl_score": None, "phase_change": None, "induction_heads": None}
+    result = {"name": job.name, "run": job.out, "point": job.point, "seed": job.seed, "status": "ok", "error": None,
+              "trained": False, "seconds": 0.0, "final_loss": None, "icl_score": None, "phase_change": None,
+              "phase_change_tokens": None, "induction_heads": None}
     try:
         _, result["trained"] = ensure_trained(ExperimentConfig.parse(job.config, where=f"job {job.name}"), job.out)
         run = load_run(job.out)
@@ -75,5 +76,6 @@ def _numbers(run: Run, stages: tuple[str, ...]) -> dict:
     if stages and Path(run.layout.summary).is_file():  # analysed here or by an earlier sweep
         s = run.summary()
         out.update(icl_score=s["icl_score"]["final"], phase_change=bool(s["phase_change"]["detected"]),
+                   phase_change_tokens=s["phase_change"]["start_tokens"],
                    induction_heads=[f"L{h['layer']}H{h['head']}" for h in s["induction_heads"]])
     return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +82,16 @@ class Job:
         config: the whole experiment as JSON data (plain data travels to any executor).
         out: the run directory.
         stages: stages after training, in order.
+        point: the grid values of this trial (dotted field -> value), for the family table.
+        seed: its seed.
     """
 
     name: str
     config: dict
     out: str
     stages: tuple[str, ...]
+    point: dict = field(default_factory=dict)
+    seed: int = 0
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
@@ -193,5 +197,5 @@ def expand(spec: SweepSpec, out: str | Path, where: str = "sweep") -> list[Job]:
             if name in names:  # two values that only differ in characters a folder name cannot hold
                 raise ConfigError(f"{where}: two grid points share the run name {name}; make their values distinct")
             names.add(name)
-            jobs.append(Job(name, cfg.model_dump(mode="json"), str(Path(out) / name), tuple(spec.then)))
+            jobs.append(Job(name, cfg.model_dump(mode="json"), str(Path(out) / name), tuple(spec.then), point, seed))
     return jobs

@@ -31,7 +31,9 @@ class TrainConfig(FrozenConfig):
         n_checkpoints: about this many checkpoints, half log-spaced and half linear in step.
         log_every: write a training-log row every this many steps (and at every checkpoint).
         dtype: "fp32", or "bf16" autocast (CPU AMX or CUDA); weights and optimiser stay fp32.
-        device: "auto" picks CUDA when available, else CPU.
+        device: where to train ("auto" picks CUDA when available, else CPU). Not part of the
+            experiment: configs that differ only here are the same run (`ExperimentConfig.same_run`),
+            so a run started on CPU resumes on a GPU and back.
     """
 
     steps: int = Field(ge=1)
@@ -86,3 +88,8 @@ class ExperimentConfig(FrozenConfig):
             what = f"is not UTF-8 text (byte {e.start})" if isinstance(e, UnicodeDecodeError) else "nests too deeply"
             raise ConfigError(f"{path} {what}; fix the file") from None
         return cls.parse(data, where=f"config {path.name}")
+
+    def same_run(self, other: "ExperimentConfig") -> bool:
+        """Whether `other` describes the same experiment: equal in everything but `train.device`
+        (where a run trains does not change which run it is)."""
+        return self.replace(train={"device": "auto"}) == other.replace(train={"device": "auto"})

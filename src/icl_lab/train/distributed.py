@@ -8,6 +8,9 @@ full batch's gradient), and the logged sums are all-reduced. Rank 0 alone holds 
 writes the run directory (meta.json, the log, checkpoints); a resume starts every rank from the
 checkpoint rank 0 picked.
 
+Launch it with torchrun: when rank 0 fails alone (the run's lock is held, a full disk), torchrun's
+agent stops the other ranks, which would otherwise wait in the next collective until its timeout.
+
 Outside torchrun (no WORLD_SIZE in the environment) `World.from_env()` is a single process and
 every method is a no-op, so the trainer has one code path.
 """

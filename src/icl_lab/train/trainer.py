@@ -97,7 +97,7 @@ def _prepare_dir(cfg: ExperimentConfig, layout: RunLayout, resume: bool) -> None
         if not resume:
             raise ConfigError(f"run directory {layout.root} already exists; pass --resume to continue it or choose another --out")
         stored = ExperimentConfig.load(layout.config)
-        if stored != cfg:
+        if not stored.same_run(cfg):
             raise ConfigError(f"{layout.root} holds a run with a different config; resume it with its own config or choose another --out")
         return  # the stored config is this one: leave the file alone
     write_json(layout.config, cfg.model_dump(mode="json"))
@@ -133,6 +133,9 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
             uninterrupted run on the same machine and thread count.
         progress: called after every step as progress(step, total, latest_record).
 
+    Under torchrun (WORLD_SIZE > 1 in the environment) every process calls `fit` and they train
+    data-parallel (`icl_lab.train.distributed`): rank 0 holds the lock and writes the directory.
+
     Returns:
         The run directory.
 
@@ -147,7 +150,7 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
     """
     layout = RunLayout(Path(out))
     _check_out(layout)
-    if resume and layout.config.is_file() and ExperimentConfig.load(layout.config) == cfg and _is_complete(layout, cfg.train.steps):
+    if resume and layout.config.is_file() and ExperimentConfig.load(layout.config).same_run(cfg) and _is_complete(layout, cfg.train.steps):
         return layout.root  # nothing left to train: keep meta.json's record of the machine that trained it
     world = World.from_env()
     if not world.is_main:  # under torchrun: rank 0 holds the lock and owns the directory; the others only train
@@ -296,7 +299,7 @@ def ensure_trained(cfg: ExperimentConfig, out: str | Path, progress: Progress | 
     """
     layout = RunLayout(Path(out))
     if layout.config.is_file():
-        if ExperimentConfig.load(layout.config) != cfg:
+        if not ExperimentConfig.load(layout.config).same_run(cfg):
             raise ConfigError(f"{layout.root} holds a different experiment; remove it or choose another --out")
         if read_meta(layout.meta).get("status") == "complete":
             return layout.root, False
