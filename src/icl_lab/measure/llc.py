@@ -145,14 +145,17 @@ class LLCEstimate:
 
     def _trend(self) -> tuple[float, float]:
         """(the fitted change of the chains' mean loss over the trace after its first block, the
-        slope's t-statistic). Blocks are whole passes over the data when there are at least four
-        (devinterp's default `epoch_mode="cycle"` replays its first shuffled pass, so every block
+        slope's t-statistic). Blocks are whole passes over the data (as many as make at most about
+        eight blocks) when the trace holds at least four passes (devinterp's default `epoch_mode="cycle"` replays its first shuffled pass, so every block
         sees the same batches), else quarters; the first
         block is dropped as the chains' relaxation. The t-statistic comes from the blocks' scatter
         about the line, which also holds the noise the chains share through their common batches."""
         mean = self.trace.mean(axis=0)
         n = len(mean)
-        w = self.epoch if self.epoch and n >= 4 * self.epoch else max(1, n // 4)
+        if self.epoch and n >= 4 * self.epoch:  # whole passes, at most ~8 blocks (one step is a pass at full batch)
+            w = self.epoch * max(1, math.ceil(n / 8 / self.epoch))
+        else:
+            w = max(1, n // 4)
         blocks = mean[: (n // w) * w].reshape(-1, w).mean(axis=1)[1:]  # [block]
         if len(blocks) < 2:
             return 0.0, 0.0
