@@ -5,6 +5,7 @@ SGLD), its calibration, its stages against the phase window and the score rises.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -35,22 +36,27 @@ def llc_cmd(
     batch_size: int = typer.Option(32, help="Sequences per SGLD step."),
     seed: int = typer.Option(0, help="Seed of the chains (chain k uses seed + k)."),
     checkpoints: Optional[int] = typer.Option(None, help="Measure this many checkpoints, spread over log-steps [default: all]."),
-    executor: Optional[str] = typer.Option(None, help="Fan checkpoints out: local (a process pool), ray or slurm [default: serial]."),
-    jobs: int = typer.Option(2, "--jobs", "-j", help="Checkpoints at once with --executor."),
+    executor: str = typer.Option("local", help="Where checkpoints run: local (a process pool, one task per core), ray, "
+                                 "slurm, or serial (this process)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Checkpoints at once [default: this machine's cores]."),
     threads: int = typer.Option(1, help="Torch threads per checkpoint task with --executor."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address with --executor ray [default: a local Ray]."),
     reuse: bool = typer.Option(False, help="Skip a run whose llc.json is newer than its last checkpoint and has these settings."),
     json_out: bool = typer.Option(False, "--json", help="Print the summaries as JSON on stdout, nothing else."),
 ) -> None:
     """Estimate the local learning coefficient at every checkpoint (or --checkpoints N of them) with
-    devinterp's SGLD, flag unhealthy estimates, find the LLC's stages and set them beside the
+    devinterp's SGLD, checkpoints fanned out over a local process pool by default, flag unhealthy estimates, find the LLC's stages and set them beside the
     phase window and the previous-token and prefix-matching rises. Writes RUN/analysis/llc.json
     and llc rows in the run's metrics table; --calibrate also writes llc_calibration.json."""
     import icl_lab
+    from icl_lab.engines import ENGINES
     from icl_lab.measure.llc import SGLDSettings
     from icl_lab.pipeline.llc import calibrate_run, llc_run, llc_steps
     from icl_lab.run.results import is_fresh, llc_path, read_llc
 
+    if executor not in ("serial", *ENGINES):
+        raise ConfigError(f"unknown --executor {executor!r}; choose serial, {', '.join(ENGINES)}")
+    jobs = jobs or os.cpu_count() or 1
     if calibrate and any(v is not None for v in (lr, gamma, nbeta)):
         raise ConfigError("--calibrate chooses --lr, --gamma and --nbeta; drop them or drop --calibrate")
     if calibrate and calibration_file is not None:
@@ -79,7 +85,8 @@ def llc_cmd(
                 summaries[str(run.path)] = old
                 continue
             task = bar.add_task(f"llc {run.path.name}", total=None)
-            summaries[str(run.path)] = llc_run(run, settings, heads, checkpoints, executor, jobs, threads, address,
+            summaries[str(run.path)] = llc_run(run, settings, heads, checkpoints, None if executor == "serial" else executor,
+                                               jobs, threads, address,
                                                calibration=cal if not explicit else {**cal, "overridden": explicit} if cal else None,
                                                progress=lambda _, done, total: bar.update(task, completed=done, total=total))
     _print_summaries(summaries, json_out)

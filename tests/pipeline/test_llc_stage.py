@@ -108,12 +108,18 @@ def test_cli_measures_reuses_and_rejects_conflicting_flags(run):
         return subprocess.run([sys.executable, "-m", "icl_lab.cli", "llc", str(run.path), *args], capture_output=True, text=True)
 
     flags = ("--checkpoints", "3", "--chains", "2", "--draws", "8", "--batch-size", "16", "--lr", "1e-4")
-    r = cli(*flags, "--json")
+    r = cli(*flags, "--json")  # the default: a local pool, one task per core
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out["steps"]) == 3 and out["settings"]["sgld"]["lr"] == 1e-4
     again = cli(*flags, "--reuse")
     assert again.returncode == 0 and "LLC" in again.stdout
     assert read_llc(run)["timing"] == out["timing"]  # reused: nothing was re-measured
+    assert out["timing"]["executor"] == "local"
+    serial = cli(*flags, "--executor", "serial", "--json")
+    assert serial.returncode == 0  # the same estimates in one process (its torch may use more threads: to rounding)
+    assert json.loads(serial.stdout)["llc"] == pytest.approx(out["llc"], rel=1e-5)
     bad = cli("--calibrate", "--lr", "1e-3")
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "--calibrate chooses" in bad.stderr
+    odd = cli("--executor", "dask")
+    assert odd.returncode == 1 and "choose serial, local, slurm, ray" in odd.stderr
