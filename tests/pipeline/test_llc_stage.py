@@ -59,6 +59,21 @@ def test_llc_stores_rows_health_and_a_summary(run):
     assert {"prefix_matching", "previous_token"} <= set(other.metric)  # the analysis rows stay
 
 
+def test_report_draws_the_llc_axis_and_the_per_head_column(run, tmp_path):
+    from icl_lab.report import write_report
+    from icl_lab.report.collect import collect_run
+    from icl_lab.report.table import final_table_html
+
+    analyze([run])  # the full analysis (the table's other columns and summary.json); the llc rows stay
+    llc_run(run, FAST, heads=True)
+    data = collect_run(run)
+    assert data.llc is not None and len(data.llc["llc"]) == len(run.checkpoints)
+    table = final_table_html(data)
+    assert "<th>per-head LLC</th>" in table and table.count("<tr") == 1 + 2  # header + one row per head
+    page = write_report([run.path], out=tmp_path / "r.html").path.read_text()
+    assert "LLC (dashed)" in page and "local learning coefficient" in page
+
+
 def test_fan_out_over_the_local_pool_equals_the_serial_walk(run):
     torch.set_num_threads(1)
     llc_run(run, FAST)

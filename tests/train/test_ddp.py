@@ -74,9 +74,9 @@ def test_ddp_run_stopped_mid_way_resumes_bit_identically(cfg, ddp_run, tmp_path)
     assert run.log.loss.tolist() == ddp_run.log.loss.tolist()
 
 
-def test_a_batch_that_does_not_split_is_one_line(cfg, tmp_path):
+def test_a_batch_that_does_not_split_is_refused_with_the_fix(cfg, tmp_path):
     r = torchrun(cfg.replace(train={"batch_size": 9}), tmp_path / "odd")
-    assert r.returncode != 0 and "does not split over 2 processes" in r.stderr
+    assert r.returncode != 0 and "does not split over 2 processes; use a multiple of 2" in r.stderr
 
 
 def test_a_masked_loss_is_normalised_by_the_global_batch(tmp_path):
