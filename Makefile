@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
-.PHONY: demo test bench reproduce notebooks setup clean
+.PHONY: demo test bench reproduce reproduce-natural notebooks setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,7 @@ setup: $(VENV)/.installed-base
 # A rerun reuses the built corpus, finished runs and up-to-date analyses.
 DEMO := runs/demo
 demo: $(VENV)/.installed-base
-	-$(BIN)/icl-lab data build bundled --if-missing  # the natural-text corpus, for natural-2l; optional offline
+	-$(BIN)/icl-lab data build code --if-missing  # the Python-source corpus of natural-2l (~50 s once); optional offline
 	$(BIN)/icl-lab train --preset synthetic-2l --out $(DEMO)/synthetic-2l --resume
 	$(BIN)/icl-lab train --preset synthetic-1l --out $(DEMO)/synthetic-1l --resume
 	$(BIN)/icl-lab analyze $(DEMO)/synthetic-2l $(DEMO)/synthetic-1l --reuse
@@ -50,6 +50,12 @@ demo: $(VENV)/.installed-base
 reproduce: $(VENV)/.installed-gguf
 	-$(BIN)/icl-lab data build bundled --if-missing  # for SmolLM2's row in Argument 6; optional offline
 	$(BIN)/icl-lab reproduce all --out runs/reproduce
+
+# Arguments 1 and 3 on natural text: natural-2l and natural-boost-2l (3 seeds each) and natural-1l,
+# in runs/reproduce-natural/report.html (docs/natural-phase-change.md)
+reproduce-natural: $(VENV)/.installed-base
+	$(BIN)/icl-lab data build code --if-missing
+	$(BIN)/icl-lab reproduce all --data natural --out runs/reproduce-natural
 
 test: $(VENV)/.installed-test
 	$(BIN)/lint-imports

@@ -63,7 +63,10 @@ def config(name: str, sets: list[str], seed: int) -> icl_lab.ExperimentConfig:
     for item in sets:
         key, value = item.split("=", 1)
         section, field = key.split(".")
-        cfg[section][field] = json.loads(value) if value[:1].isdigit() or value[:1] in "-[{tf" else value
+        try:
+            cfg[section][field] = json.loads(value)
+        except json.JSONDecodeError:  # a bare string, e.g. data.corpus=technical
+            cfg[section][field] = value
     return icl_lab.ExperimentConfig.parse({"name": f"search-{name}", "seed": seed, **cfg})
 
 

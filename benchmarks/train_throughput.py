@@ -6,6 +6,7 @@ peak; the forward overhead of the hook machinery with no hooks attached against 
 with hooks compiled out; the overhead of run_with_cache; and bf16 autocast against fp32.
 
     python benchmarks/train_throughput.py [--preset synthetic-2l] [--repeats 7]
+    python benchmarks/train_throughput.py --preset natural-2l --steps 20   # natural text (issue #16)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import warnings
 import torch
 
 import icl_lab
-from icl_lab.data import SyntheticStream
+from icl_lab.data import open_stream
 from icl_lab.model import Transformer
 from icl_lab.model.export import to_transformer_lens
 
@@ -63,7 +64,7 @@ def main() -> None:
 
 def measure(exp, args, forward_batches: int = 4) -> None:
     cfg, bs = exp.model, exp.train.batch_size
-    stream = SyntheticStream(exp.data, cfg.d_vocab, cfg.n_ctx, bs, seed=0)
+    stream = open_stream(exp.data, cfg.d_vocab, cfg.n_ctx, bs, seed=0)  # the preset's own data: text for natural-*
     batches = [stream.next().tokens for _ in range(16)]
     tokens_per_sample = args.steps * bs * cfg.n_ctx
     print(f"{exp.name}: {cfg.n_layers}L d_model={cfg.d_model} heads={cfg.n_heads} d_vocab={cfg.d_vocab} "

@@ -39,7 +39,7 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("build")
 def data_build_cmd(
-    corpus: str = typer.Argument("bundled", help="literary, technical or bundled (both)."),
+    corpus: str = typer.Argument("bundled", help="literary, technical, bundled (both), code (Python source of pinned PyPI packages) or mix (technical + code)."),
     debian: Optional[bool] = typer.Option(None, "--debian/--no-debian", help="Include the Debian sources [default: when apt-get exists]."),
     if_missing: bool = typer.Option(False, help="Do nothing if the corpus is already built."),
 ) -> None:

@@ -44,17 +44,22 @@ class _Bars:
 
 def reproduce_cmd(
     arguments: list[str] = typer.Argument(..., help="all, or some of argument-1 ... argument-6."),
-    out: Path = typer.Option(Path("runs/reproduce"), help="Folder of the runs; the report is OUT/report.html."),
+    out: Optional[Path] = typer.Option(None, help="Folder of the runs; the report is OUT/report.html [default: runs/reproduce, "
+                                       "or runs/reproduce-natural with --data natural]."),
     scale: str = typer.Option("default", help="default (2 CPU cores), tiny (a smoke test) or paper (a GPU)."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Add SmolLM2-135M to Argument 6 [default: unless --scale tiny]."),
     json_out: bool = typer.Option(False, "--json", help="Print the verdicts as JSON on stdout, nothing else."),
+    data: str = typer.Option("synthetic", help="synthetic (all six arguments) or natural (Arguments 1 and 3 on the natural-text presets)."),
+    corpus: Optional[str] = typer.Option(None, help="With --data natural: another text to train on (a bundled name, a folder, hf:PATH)."),
 ) -> None:
     """Reproduce the six arguments of "In-context Learning and Induction Heads": train (or reuse)
     the models each needs, measure and intervene, and write one report with a verdict table each."""
     from icl_lab.reproduce import reproduce
 
     with _Bars() as bars:
-        result = reproduce(arguments, out=out, scale=scale, pretrained=pretrained, log=bars.log, train_progress=bars.train)
+        out = out or Path("runs/reproduce-natural" if data == "natural" else "runs/reproduce")
+        result = reproduce(arguments, out=out, scale=scale, pretrained=pretrained, log=bars.log, train_progress=bars.train,
+                           data=data, corpus=corpus)
     if json_out:
         print(json.dumps([c.to_json() for c in result.checks], indent=2))
         return

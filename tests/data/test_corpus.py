@@ -114,3 +114,26 @@ def test_html_fortune_and_gzip_readers(tmp_path):
     gz = tmp_path / "j.txt.gz"
     gz.write_bytes(gzip.compress("jargon\r\nfile".encode()))
     assert next(corpus._plain(gz))[2] == "jargon\nfile"
+
+
+def test_code_sources_hold_out_whole_packages(tmp_path, monkeypatch):
+    """The code corpus: every .py file a document, long generated files dropped, and a package
+    marked for validation lands there whole (a split by package, not by file)."""
+    root = tmp_path / "unpacked"
+    for pkg in ("alpha", "beta"):
+        (root / f"{pkg}-1.0/{pkg}/sub").mkdir(parents=True)
+        for i in range(30):
+            (root / f"{pkg}-1.0/{pkg}/sub/m{i}.py").write_text(f"def {pkg}_{i}():\n    return {i}\n")
+    (root / "alpha-1.0/alpha/table.py").write_text("x = 1\n" * (corpus.MAX_SOURCE_CHARS // 6 + 1))
+    archive = tmp_path / "pkg.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname=".")
+    monkeypatch.setattr(corpus, "_fetch", lambda source, into, archives: (root / f"{source.name}-1.0", archive))
+    monkeypatch.setattr(corpus, "SOURCES", (corpus._code("alpha", "alpha==1.0", "MIT"),
+                                            corpus._code("beta", "beta==1.0", "MIT", split="val")))
+    out = build_corpus("code", debian=False)
+    docs = _docs(out)
+    assert len(docs["train"]) == 30 and all(d.startswith("def alpha_") for d in docs["train"])
+    assert len(docs["val"]) == 30 and all(d.startswith("def beta_") for d in docs["val"])
+    assert [s["licence"] for s in manifest(out)["sources"]] == ["MIT", "MIT"]
+    assert {s.part for s in corpus.CODE_SOURCES} == {"code"} and any(s.split == "val" for s in corpus.CODE_SOURCES)

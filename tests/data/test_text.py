@@ -118,3 +118,46 @@ def test_a_text_run_end_to_end(corpus_dir, tmp_path):
 
     sample = read_attention(run).samples[1]  # the viewer shows decoded validation text
     assert sample["name"].startswith("validation text") and set("".join(sample["tokens"])) <= set("abcdefghijklmnopqrstuvwxyz .0123456789")
+
+
+def test_boost_repeats_a_natural_span_at_a_varying_gap():
+    from icl_lab.data.text import BOOST_SPAN, boost_windows
+
+    text = torch.arange(1000, 1063).repeat(400, 1)  # distinct tokens per row: any repeat is the boost's
+    out = boost_windows(text, 0.5, torch.Generator().manual_seed(0))
+    changed = (out != text).any(1)
+    assert 0.4 < changed.float().mean() < 0.6  # about the share asked for
+    gaps = set()
+    for row in out[changed]:
+        values, counts = row.unique(return_counts=True)
+        repeated = values[counts > 1]
+        assert BOOST_SPAN[0] <= len(repeated) <= BOOST_SPAN[1]  # one span of 8-24 tokens, copied once
+        where = [(row == v).nonzero().flatten().tolist() for v in repeated]
+        assert len({b - a for a, b in where}) == 1  # the copy keeps the span's order
+        gaps.add(where[0][1] - where[0][0])
+    assert len(gaps) > 10  # the gap varies, so no fixed look-back head solves it
+    assert set(out.flatten().tolist()) <= set(text.flatten().tolist())  # every token is still text
+    assert torch.equal(boost_windows(text, 0.0, torch.Generator()), text)
+
+
+def test_boost_touches_training_windows_only(corpus_dir):
+    cfg = DataConfig(kind="text", corpus=str(corpus_dir), tokenizer="byte", boost=1.0)
+    boosted = TextStream(cfg, 256, 64, 64, seed=1).next()
+    plain = TextStream(cfg.replace(boost=0.0), 256, 64, 64, seed=1).next()
+    # the same windows (their starts are drawn first), each with a span copied over later text
+    assert (boosted.tokens != plain.tokens).any(1).float().mean() > 0.8
+    assert torch.equal(boosted.tokens[:, :1], plain.tokens[:, :1])
+    with pytest.raises(ConfigError, match="data.boost=0.5 applies to text runs only"):
+        icl_lab.get_preset("synthetic-2l").replace(data={"boost": 0.5})
+
+
+def test_a_boosted_run_is_measured_on_unboosted_text(corpus_dir, tmp_path):
+    from icl_lab.measure.evalset import make_eval_set
+
+    base = dict(model=dict(n_layers=1, d_model=16, n_heads=1, d_vocab=256, n_ctx=32),
+                train=dict(steps=2, batch_size=2, warmup_steps=1, n_checkpoints=2, log_every=1))
+    runs = [icl_lab.train(icl_lab.ExperimentConfig.parse(dict(
+        name=f"b{boost}", data=dict(kind="text", corpus=str(corpus_dir), tokenizer="byte", boost=boost), **base)),
+        out=tmp_path / f"b{boost}") for boost in (0.0, 1.0)]
+    assert runs[1].config.data.boost == 1.0
+    assert make_eval_set(runs[0], 16).fingerprint == make_eval_set(runs[1], 16).fingerprint

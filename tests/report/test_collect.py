@@ -61,3 +61,17 @@ def test_collect_never_loads_a_checkpoint(two, monkeypatch):
     monkeypatch.setattr(safetensors.torch, "load", refuse)
     data = collect_run(open_run_files(two.path))
     assert data.attention is not None and data.summary["induction_ablation"]["removed"] > 0.8
+
+
+def test_a_boosted_run_says_so_wherever_it_is_described(tmp_path):
+    import icl_lab
+
+    def line(preset: str) -> str:
+        (tmp_path / preset).mkdir()
+        (tmp_path / preset / "config.json").write_text(icl_lab.get_preset(preset).model_dump_json())
+        return describe(open_run_files(tmp_path / preset))
+
+    boosted = line("natural-boost-2l")
+    assert "BOOSTED: 50% of training windows" in boosted and "un-boosted validation text" in boosted and "text (code, bpe)" in boosted
+    assert "BOOSTED" not in line("natural-2l")
+    assert "repeated data" in line("synthetic-2l")

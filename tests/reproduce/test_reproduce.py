@@ -96,3 +96,31 @@ def test_task_effects_on_a_hand_built_induction_circuit():
     assert e["attention"][(1, 0)] > 0.8 and e["attention"][(0, 0)] < 0.2
     assert e["group_rise"] > 1.0 and e["group_rise"] == pytest.approx(e["rise"][(1, 0)], abs=1e-5)
     assert abs(e["rise"][(0, 0)]) < 1e-4
+
+
+def test_natural_reproduction_runs_arguments_1_and_3_on_text(tmp_path):
+    """`reproduce --data natural` at the tiny scale on a small text folder: the natural family,
+    boosted runs labelled, every check a row; bad combinations get one clear line."""
+    import numpy as np
+
+    from icl_lab.reproduce.natural import BOOST, natural_experiment
+
+    text = tmp_path / "text"
+    text.mkdir()
+    words = np.random.default_rng(0).choice(["def", "return", "self", "value", "(", ")", ":", "\n    "], (20, 300))
+    for i, doc in enumerate(words):
+        (text / f"{i}.txt").write_text(" ".join(doc))
+    result = reproduce(["all"], out=tmp_path / "out", scale="tiny", data="natural", corpus=str(text))
+    assert [s.argument for s in result.sections] == ["argument-1", "argument-3"]
+    metrics = [c.metric for c in result.checks]
+    assert any(m.startswith("natural-boost-2l-s2: ") for m in metrics) and any(m.startswith("natural-1l-s0: ") for m in metrics)
+    assert any("loss on the first copy minus the second" in m for m in metrics)
+    assert "natural text" in result.report.read_text()
+    boosted = natural_experiment(BOOST, "default", 0)
+    assert boosted.data.boost > 0 and "boost" in boosted.name and natural_experiment("natural-2l", "default", 0).data.boost == 0
+    with pytest.raises(ConfigError, match="argument-2 needs synthetic data; --data natural runs argument-1 and argument-3"):
+        reproduce(["2"], out=tmp_path / "out", scale="tiny", data="natural")
+    with pytest.raises(ConfigError, match="--data natural runs at --scale default or tiny"):
+        reproduce(["1"], out=tmp_path / "out", scale="paper", data="natural")
+    with pytest.raises(ConfigError, match="--corpus applies to --data natural only"):
+        reproduce(["1"], out=tmp_path / "out", scale="tiny", corpus=str(text))

@@ -45,6 +45,11 @@ class DataConfig(FrozenConfig):
             prepend_bos). `icl_lab.data.text.bos_token` resolves the id.
         oocr: the out-of-context reasoning task, for kind "oocr".
         modular: the modulus, training share and split seed, for kind "modular".
+        boost: for "text": the share of *training* windows in which a span of 8-24 tokens repeats
+            later in the same window (`icl_lab.data.text.boost_windows`): an augmentation that
+            strengthens the induction signal while every token stays natural text. Validation
+            text, and so every measurement, is never boosted. Runs that use it are named
+            `*-boost-*` (docs/natural-phase-change.md).
         eval_ctx: length of the evaluation windows `analyze` uses; 0 means model.n_ctx (imported
             models with long contexts evaluate at 512, as Olsson et al.).
     """
@@ -57,6 +62,7 @@ class DataConfig(FrozenConfig):
     corpus: str = "literary"
     tokenizer: Literal["byte", "char", "bpe", "gpt2"] = "bpe"
     tokenizer_file: str = ""
+    boost: float = Field(default=0.0, ge=0.0, le=1.0)
     eval_ctx: int = Field(default=0, ge=0)
     bos_id: int | None = Field(default=None, ge=0)
     prepend_bos: bool = True
@@ -74,4 +80,6 @@ class DataConfig(FrozenConfig):
                 f"bos_id={self.bos_id} applies to text runs only; {self.kind} sequences start with token 0 "
                 "(set data.bos=false to drop it)"
             )
+        if self.boost and self.kind != "text":
+            raise ValueError(f"data.boost={self.boost} applies to text runs only; set data.kind=text or drop boost")
         return self

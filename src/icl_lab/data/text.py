@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from jaxtyping import Int
 from torch import Tensor
 
 from icl_lab.data.config import DataConfig
@@ -27,7 +28,7 @@ from icl_lab.data.tokenizer import Tokenizer, get_tokenizer
 from icl_lab.errors import DataError
 from icl_lab.io import atomic_write, write_json
 
-BUNDLED = ("literary", "technical", "bundled")
+BUNDLED = ("literary", "technical", "bundled", "code", "mix")
 
 
 @dataclass(frozen=True)
@@ -173,13 +174,37 @@ def repeat_mask(tokens: Tensor) -> Tensor:
     return (same & earlier).any(-1)
 
 
-def sample_windows(data: np.ndarray, n_ctx: int, batch_size: int, gen: torch.Generator, bos: int | None = None) -> Batch:
+BOOST_SPAN = (8, 24)  # length range of the span a boosted window repeats
+
+
+def boost_windows(text: Int[Tensor, "batch span"], share: float, gen: torch.Generator) -> Int[Tensor, "batch span"]:
+    """Repeat a span of natural text later in a `share` of the windows (the `natural-boost-*`
+    augmentation): a span of 8-24 tokens at a random start is copied over the tokens at a random
+    later start, so every token is still text from the corpus and the gap between the copies varies
+    (no fixed look-back solves it). Other windows, and validation text, are left as they are."""
+    batch, span = text.shape
+    length_hi = min(BOOST_SPAN[1], span // 3)
+    if share <= 0 or length_hi < BOOST_SPAN[0]:
+        return text
+    text = text.clone()
+    chosen = (torch.rand(batch, generator=gen) < share).nonzero().flatten().tolist()
+    for row in chosen:
+        length = int(torch.randint(BOOST_SPAN[0], length_hi + 1, (1,), generator=gen))
+        src = int(torch.randint(0, span - 2 * length + 1, (1,), generator=gen))
+        dst = int(torch.randint(src + length, span - length + 1, (1,), generator=gen))
+        text[row, dst : dst + length] = text[row, src : src + length]
+    return text
+
+
+def sample_windows(data: np.ndarray, n_ctx: int, batch_size: int, gen: torch.Generator, bos: int | None = None,
+                   boost: float = 0.0) -> Batch:
     """`batch_size` random windows of `n_ctx` tokens from `data`.
 
     Args:
         data: a [token] split, e.g. `load_tokens(cfg, d_vocab).val`.
         bos: the id to put at position 0 of every window, followed by n_ctx - 1 text tokens
             (`TokenSet.bos`, from `bos_token`); None: n_ctx text tokens.
+        boost: the share of windows `boost_windows` gives a repeated span (training only).
 
     Returns:
         A `Batch`: tokens [batch, n_ctx] and repeat_mask [batch, n_ctx - 1]. The prediction of the
@@ -191,6 +216,8 @@ def sample_windows(data: np.ndarray, n_ctx: int, batch_size: int, gen: torch.Gen
         raise DataError(f"the split has {len(data)} tokens, fewer than n_ctx={n_ctx}; give more text or shrink n_ctx")
     starts = torch.randint(0, len(data) - span, (batch_size,), generator=gen).numpy()
     text = torch.from_numpy(np.stack([data[s : s + span] for s in starts]).astype(np.int64))  # [batch, span]
+    if boost:
+        text = boost_windows(text, boost, gen)
     if bos is None:
         return Batch(tokens=text, repeat_mask=repeat_mask(text))
     tokens = torch.cat([torch.full((batch_size, 1), bos, dtype=torch.int64), text], dim=1)  # [batch, n_ctx]
@@ -204,11 +231,13 @@ class TextStream:
 
     def __init__(self, cfg: DataConfig, d_vocab: int, n_ctx: int, batch_size: int, seed: int) -> None:
         self.tokens = load_tokens(cfg, d_vocab)
+        self.boost = cfg.boost
         self.n_ctx, self.batch_size = n_ctx, batch_size
         self.generator = torch.Generator().manual_seed(seed)
 
     def next(self) -> Batch:
-        return sample_windows(self.tokens.train, self.n_ctx, self.batch_size, self.generator, bos=self.tokens.bos)
+        return sample_windows(self.tokens.train, self.n_ctx, self.batch_size, self.generator, bos=self.tokens.bos,
+                              boost=self.boost)
 
     def get_state(self) -> Tensor:
         return self.generator.get_state()

@@ -20,6 +20,7 @@ from icl_lab.measure.head_scores import (
     previous_token_scores,
     repeated_random_tokens,
 )
+from icl_lab.measure.text_signals import TextProbe, make_text_probe, passage_losses, repeated_passages, text_signals
 
 __all__ = [
     "Factored", "full_ov_circuit", "full_qk_circuit", "ov_circuit", "qk_circuit",
@@ -29,4 +30,5 @@ __all__ = [
     "icl_score", "loss_by_token", "ov_eigen_positivity", "per_token_losses",
     "prefix_matching_scores", "previous_token_scores", "repeated_random_tokens",
     "LLCEstimate", "SGLDSettings", "calibrate", "compare_stages", "llc", "llc_stages",
+    "TextProbe", "make_text_probe", "passage_losses", "repeated_passages", "text_signals",
 ]

@@ -18,11 +18,13 @@ from icl_lab.measure.head_scores import duplicate_token_mask, masked_pattern_sco
 from icl_lab.measure.intervals import mean_interval
 from icl_lab.measure.losses import dloss_dlnpos, icl_positions, loss_by_token
 from icl_lab.measure.placement import place
+from icl_lab.measure.text_signals import passage_losses, repeated_passages
 from icl_lab.model.transformer import Transformer
 from icl_lab.pipeline.base import Context, Measurement, register
 from icl_lab.run.rundir import Run
 
 PREVIOUS_TOKEN_EXAMPLES = 64
+PASSAGE_EXAMPLES = 64
 _BASELINE: dict[tuple, Transformer] = {}  # one random-init model per (config, device, dtype), shared by the head scores
 
 
@@ -88,6 +90,21 @@ class PerTokenLoss(Measurement):
         return metric.startswith("pca_")
 
 
+@register
+class RepeatedPassage(Measurement):
+    """The behavioural check of induction (issue #16): each evaluation example's first half, seen
+    twice as [BOS] p p. An induction mechanism makes the second copy cheaper than the first at the
+    same offsets within p. `.gain` = first - second (nats), per example, with an interval."""
+
+    name, description = "repeated_passage", "loss on the first and second copy of a repeated evaluation passage, and the gain"
+
+    def measure(self, ctx: Context) -> list[dict]:
+        passages, plen = repeated_passages(ctx.ev.tokens[:PASSAGE_EXAMPLES], ctx.ev.first)
+        first, second = passage_losses(ctx.model, passages, plen, ctx.ev.first)
+        return [_mean_row(ctx, f"{self.name}.{part}", values)
+                for part, values in (("first", first), ("second", second), ("gain", first - second))]
+
+
 class HeadScore(Measurement):
     """A per-head score, stored with its random-init baseline and (when averaged over examples) a
     95% bootstrap interval. Subclasses define `score(model, ev)`: [example, layer, head] or, for
@@ -147,4 +164,4 @@ for _metric, (_text, _fn) in HEAD_SCORES.items():
     _head_score(_metric, _text, _fn)
 
 # What `analyze` measures by default, in order; the viewer and composition are added by analyze.
-ANALYSIS = ("loss", "icl_score", "loss_by_position", "per_token_loss", *HEAD_METRICS)
+ANALYSIS = ("loss", "icl_score", "loss_by_position", "per_token_loss", "repeated_passage", *HEAD_METRICS)

@@ -34,7 +34,7 @@ from icl_lab.run.results import attention_paths
 from icl_lab.run.rundir import Run, check_eval_data
 from icl_lab.train.trainer import library_versions
 
-ANALYSIS_VERSION = 3  # bump when a definition changes: `--reuse` then redoes older analyses (3: stored views, group ablation)
+ANALYSIS_VERSION = 4  # bump when a definition changes: `--reuse` then redoes older analyses (3: stored views, group ablation; 4: repeated passage)
 MIN_PHASE_CHECKPOINTS = 4
 SUMMARY_METRICS = ("loss", "icl_score", *HEAD_METRICS)  # what summary.json is built from
 
@@ -80,6 +80,7 @@ def _summary(run: Run, table: pd.DataFrame, ev: EvalSet) -> dict:
         "phase_change": _phase(table),
         "icl_score": {"initial": float(icl.value.iloc[0]), "final": float(last.value), "final_ci": [float(last.lo), float(last.hi)],
                       "early_token": early, "late_token": late},
+        "repeated_passage": _passage(table),
         "heads": head_records,
         "induction_heads": [{"layer": l, "head": h} for l, h in induction_heads(head_records)],
         "induction_rule": {"rule": induction_rule(), "thresholds": INDUCTION_THRESHOLDS},
@@ -87,6 +88,16 @@ def _summary(run: Run, table: pd.DataFrame, ev: EvalSet) -> dict:
                        "eval_set": ev.fingerprint, "eval_seed": EVAL_SEED, "bos": ev.bos,
                        "tokenizer": run.meta.get("tokenizer_fingerprint")},
     }
+
+
+def _passage(table: pd.DataFrame) -> dict | None:
+    """The repeated-passage losses at the last checkpoint (None when not measured)."""
+    rows = table[table.metric.str.startswith("repeated_passage.") & (table.step == table.step.max())].set_index("metric")
+    if rows.empty:
+        return None
+    gain = rows.loc["repeated_passage.gain"]
+    return {"first": float(rows.value["repeated_passage.first"]), "second": float(rows.value["repeated_passage.second"]),
+            "gain": float(gain.value), "gain_ci": [float(gain.lo), float(gain.hi)]}
 
 
 def _groups(runs: Sequence[Run], sets: dict[str, EvalSet]) -> dict[str, list[Run]]:

@@ -54,9 +54,14 @@ def describe(run: RunFiles) -> str:
     m, t = run.config.model, run.config.train
     kind = "attention-only" if m.attn_only else f"MLP {m.d_mlp}"
     extras = ", smeared keys" if m.smeared_key else ""
+    d = run.config.data
+    data = f"text ({d.corpus}, {d.tokenizer})" if d.kind == "text" else d.kind
+    if d.boost:  # an augmentation: say so wherever the run is shown (decision 21)
+        data += (f", BOOSTED: {d.boost:.0%} of training windows repeat a span of their own text; "
+                 "measured on un-boosted validation text")
     return (f"{m.n_layers} layer{'s' * (m.n_layers > 1)}, d_model {m.d_model}, {m.n_heads} head{'s' * (m.n_heads > 1)}, "
             f"{kind}, {m.positional} positions{extras}; vocab {m.d_vocab}, context {m.n_ctx}; "
-            f"{run.config.data.kind} data; {t.steps:,} steps x {t.batch_size} x {m.n_ctx} tokens")
+            f"{data} data; {t.steps:,} steps x {t.batch_size} x {m.n_ctx} tokens")
 
 
 def is_training(run: RunFiles) -> bool:

@@ -22,7 +22,7 @@ from icl_lab.measure.losses import icl_score, loss_by_token
 from icl_lab.pipeline import ablate_run, eval_set_for, is_ablated
 from icl_lab.reproduce.family import Lab
 from icl_lab.reproduce.readout import LAYOUT, best, color, inductive
-from icl_lab.reproduce.verdict import Section, check
+from icl_lab.reproduce.verdict import Check, Section, check
 from icl_lab.run.rundir import Run
 
 # thresholds, fixed before any run
@@ -47,26 +47,26 @@ def group_removed(run: Run, heads: list[tuple[int, int]], n_examples: int) -> fl
     return removed_fraction(clean, ablated)
 
 
-def argument_3(lab: Lab) -> Section:
-    arg = "argument-3"
-    sec = Section(arg, "Direct ablation", "Removing the induction heads at test time removes most of the in-context "
-                  "learning in small attention-only models; removing other heads does not.")
-    runs = [lab.run(n) for n in ATTENTION_ONLY]
+def ablation_checks(lab: Lab, arg: str, runs: list[Run], induction_removes: float = INDUCTION_REMOVES
+                    ) -> tuple[list[Check], go.Figure]:
+    """Argument 3's checks for `runs` (ablating every head at every checkpoint first where that is
+    not done yet) and the per-head ablation figure."""
+    checks = []
     fig = make_subplots(rows=1, cols=len(runs), subplot_titles=[r.path.name for r in runs], shared_yaxes=True)
     for col, run in enumerate(runs, start=1):
         if not is_ablated(run, ("zero",)):
             lab.log(f"ablating every head of {run.path.name} at every checkpoint")
             ablate_run(run, kinds=("zero",), n_examples=lab.scale.n_examples)
         heads = inductive(run)
-        sec.checks.append(check(arg, "ablating the induction heads removes most of the ICL score",
-                                f"{run.path.name}: share removed by {_names(heads) or 'no induction heads'}",
-                                group_removed(run, heads, lab.scale.n_examples), ">=", INDUCTION_REMOVES))
+        checks.append(check(arg, "ablating the induction heads removes most of the ICL score",
+                            f"{run.path.name}: share removed by {_names(heads) or 'no induction heads'}",
+                            group_removed(run, heads, lab.scale.n_examples), ">=", induction_removes))
         table = run.metrics()
         rows = table[table.metric == REMOVED]
         final = rows[rows.step == rows.step.max()]
         others = [v for l, h, v in zip(final["layer"], final["head"], final["value"]) if (int(l), int(h)) not in heads]
-        sec.checks.append(check(arg, "ablating any other head does not", f"{run.path.name}: most any other single head removes",
-                                max(others) if others else math.nan, "<=", OTHER_REMOVES))
+        checks.append(check(arg, "ablating any other head does not", f"{run.path.name}: most any other single head removes",
+                            max(others) if others else math.nan, "<=", OTHER_REMOVES))
         for i, ((layer, head), g) in enumerate(rows[rows.tokens > 0].groupby(["layer", "head"])):
             g = g.sort_values("tokens")
             star = " *" if (int(layer), int(head)) in heads else ""
@@ -75,7 +75,15 @@ def argument_3(lab: Lab) -> Section:
     fig.update_xaxes(type="log", title="tokens seen")
     fig.update_yaxes(title="share of the ICL score removed", row=1, col=1)
     fig.update_layout(title="Per-head ablation over training (pattern-preserving, zero; * induction head)", height=440, **LAYOUT)
-    sec.figures["a3-ablation"] = fig
+    return checks, fig
+
+
+def argument_3(lab: Lab) -> Section:
+    arg = "argument-3"
+    sec = Section(arg, "Direct ablation", "Removing the induction heads at test time removes most of the in-context "
+                  "learning in small attention-only models; removing other heads does not.")
+    checks, sec.figures["a3-ablation"] = ablation_checks(lab, arg, [lab.run(n) for n in ATTENTION_ONLY])
+    sec.checks += checks
     sec.notes.append(f"Induction heads: {induction_rule()} (docs/analysis.md). "
                      "The whole table is in each run's analysis/metrics.parquet.")
     return sec

@@ -106,17 +106,20 @@ class Lab:
         scale: the `Scale`.
         log: called with a line for each thing done (training, analysing, measuring).
         train_progress: called during training with (run name, step, total).
+        configure: the config of a family member, for families other than the synthetic one
+            (`icl_lab.reproduce.natural`).
     """
 
     root: Path
     scale: Scale
     log: Log = field(default=lambda line: None)
     train_progress: TrainProgress | None = None
+    configure: Callable[[str, int], ExperimentConfig] | None = None  # (name, seed) -> config; default `experiment`
 
     def run(self, name: str, seed: int = 0, analysed: bool = True) -> Run:
         """Family member `name` with `seed`: trained (or resumed) unless finished, and analysed on
         its own unless its analysis is up to date."""
-        cfg = experiment(name, self.scale, seed)
+        cfg = self.configure(name, seed) if self.configure else experiment(name, self.scale, seed)
         path = self.root / f"{name}-s{seed}"
         if (path / "config.json").is_file() and not ExperimentConfig.load(path).same_run(cfg):
             raise ConfigError(f"{path} holds a different experiment (another --scale?); remove it or choose another --out")

@@ -34,6 +34,26 @@ def phase(run: Run) -> dict:
     return run.summary()["phase_change"]
 
 
+def overlap_of_shorter(run: Run) -> float:
+    """How much of the shorter of the ICL-score and prefix-matching windows the other covers, on a
+    log-token axis (1: one lies inside the other; NaN when no phase change was detected)."""
+    pc = phase(run)
+    if not pc["detected"]:
+        return math.nan
+    a, b = pc["icl_window"], pc["prefix_matching_window"]
+    eps = np.log(10) / 1000  # a zero-length window counts as a thousandth of a decade
+    spans = [(np.log(w["start_tokens"]), max(np.log(w["end_tokens"]), np.log(w["start_tokens"]) + eps)) for w in (a, b)]
+    inter = min(e for _, e in spans) - max(s for s, _ in spans)
+    return float(max(0.0, inter) / min(e - s for s, e in spans))
+
+
+def bump_cover(run: Run) -> float:
+    """The share of the phase window the loss bump covers (NaN without a phase change or a bump)."""
+    pc = phase(run)
+    bump = pc["loss_bump"]
+    return bump["covers"] if pc["detected"] and bump and bump["covers"] is not None else math.nan
+
+
 def phase_time(run: Run) -> float:
     """When the ICL score changes: the log-midpoint of its 10-90% window, in tokens (NaN if none)."""
     window = phase(run)["icl_window"]
