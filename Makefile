@@ -51,11 +51,13 @@ reproduce: $(VENV)/.installed-gguf
 	-$(BIN)/icl-lab data build bundled --if-missing  # for SmolLM2's row in Argument 6; optional offline
 	$(BIN)/icl-lab reproduce all --out runs/reproduce
 
-# Arguments 1 and 3 on natural text: natural-2l and natural-boost-2l (3 seeds each) and natural-1l,
-# in runs/reproduce-natural/report.html (docs/natural-phase-change.md)
+# Argument 1 on natural text: natural-2l (3 seeds), natural-boost-2l and natural-1l, in
+# runs/reproduce-natural/report.html (~45 min on 2 cores; docs/natural-phase-change.md). Argument 3
+# (`icl-lab reproduce argument-3 --data natural`) ablates every head at every checkpoint at context
+# 256: about 50 minutes more on 2 cores.
 reproduce-natural: $(VENV)/.installed-base
 	$(BIN)/icl-lab data build code --if-missing
-	$(BIN)/icl-lab reproduce all --data natural --out runs/reproduce-natural
+	$(BIN)/icl-lab reproduce argument-1 --data natural --out runs/reproduce-natural
 
 test: $(VENV)/.installed-test
 	$(BIN)/lint-imports

@@ -6,6 +6,7 @@ copying on random tokens, previous-token score on text, the repeated-passage gai
     .venv/bin/python scripts/natural_ladder.py measure runs/some-run --rung name   # post hoc
     .venv/bin/python scripts/natural_ladder.py table                               # markdown
     .venv/bin/python scripts/natural_ladder.py throughput aoyama                   # tokens/s only
+    .venv/bin/python scripts/natural_ladder.py figure                              # docs/natural-ladder.png
 
 Each rung is its parent plus one change. A rung stops early once an induction head (#10's rule)
 and an ICL score <= -0.3 nats have held for three checkpoints in a row; it also stops at
@@ -193,6 +194,36 @@ def table(root: Path = OUT) -> str:
     return "\n".join(lines)
 
 
+def figure(out: Path, root: Path = OUT) -> None:
+    """The ladder's signals against tokens, one line per rung (needs matplotlib: the bench extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("best layer-1 prefix matching", lambda r: best(r["prefix_matching"], -1)),
+              ("best layer-0 previous-token score on text", lambda r: best(r["prev_token_text"], 0)),
+              ("repeated passage: first copy - second (nats)", lambda r: r["passage_gain"]),
+              ("ICL score on validation text (nats)", lambda r: r["icl"]))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    order = list(RUNGS)
+    for path in sorted(root.glob("*/ladder.jsonl"), key=lambda p: order.index(p.parent.name.rsplit("-s", 1)[0])):
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+        rows = [r for r in rows if r["tokens"] >= 1e5]
+        for ax, (title, get) in zip(axes, panels):
+            ax.plot([r["tokens"] for r in rows], [get(r) for r in rows], label=path.parent.name.rsplit("-s", 1)[0], lw=1.2)
+            ax.set_title(title, fontsize=10)
+            ax.set_xscale("log")
+            ax.set_xlabel("tokens seen")
+    axes[0].axhline(0.5, color="grey", ls=":", lw=1)
+    axes[1].axhline(0.5, color="grey", ls=":", lw=1)
+    axes[3].axhline(ICL_DROP, color="grey", ls=":", lw=1)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -205,12 +236,16 @@ def main() -> None:
     m.add_argument("run", type=Path)
     m.add_argument("--rung", required=True)
     sub.add_parser("table")
+    f = sub.add_parser("figure")
+    f.add_argument("--out", type=Path, default=Path("docs/natural-ladder.png"))
     tp = sub.add_parser("throughput")
     tp.add_argument("rung", choices=sorted(RUNGS))
     tp.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if args.cmd == "train":
         train_rung(args.rung, args.seed, args.max_minutes, args.threads)
+    elif args.cmd == "figure":
+        figure(args.out)
     elif args.cmd == "throughput":
         throughput(args.rung, args.threads)
     elif args.cmd == "measure":

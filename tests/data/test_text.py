@@ -161,3 +161,13 @@ def test_a_boosted_run_is_measured_on_unboosted_text(corpus_dir, tmp_path):
         out=tmp_path / f"b{boost}") for boost in (0.0, 1.0)]
     assert runs[1].config.data.boost == 1.0
     assert make_eval_set(runs[0], 16).fingerprint == make_eval_set(runs[1], 16).fingerprint
+
+
+def test_a_long_window_gets_one_boosted_span_per_64_tokens():
+    from icl_lab.data.text import BOOST_EVERY, BOOST_SPAN, boost_windows
+
+    text = torch.arange(1000, 1255).repeat(50, 1)  # 255 distinct tokens per row
+    out = boost_windows(text, 1.0, torch.Generator().manual_seed(1))
+    copied = [(row.unique(return_counts=True)[1] > 1).sum().item() for row in out]
+    assert 255 // BOOST_EVERY == 3 and all(c >= BOOST_SPAN[0] for c in copied)
+    assert sum(copied) / len(copied) > BOOST_SPAN[1]  # more than one span's worth per window, on average

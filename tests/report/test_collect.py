@@ -72,6 +72,6 @@ def test_a_boosted_run_says_so_wherever_it_is_described(tmp_path):
         return describe(open_run_files(tmp_path / preset))
 
     boosted = line("natural-boost-2l")
-    assert "BOOSTED: 50% of training windows" in boosted and "un-boosted validation text" in boosted and "text (code, bpe)" in boosted
+    assert "BOOSTED: 100% of training windows" in boosted and "un-boosted validation text" in boosted and "text (code, bpe)" in boosted
     assert "BOOSTED" not in line("natural-2l")
     assert "repeated data" in line("synthetic-2l")

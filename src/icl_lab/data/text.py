@@ -174,14 +174,16 @@ def repeat_mask(tokens: Tensor) -> Tensor:
     return (same & earlier).any(-1)
 
 
-BOOST_SPAN = (8, 24)  # length range of the span a boosted window repeats
+BOOST_SPAN = (8, 24)  # length range of each span a boosted window repeats
+BOOST_EVERY = 64  # a boosted window repeats one span per this many tokens (4 in a 256-token window)
 
 
 def boost_windows(text: Int[Tensor, "batch span"], share: float, gen: torch.Generator) -> Int[Tensor, "batch span"]:
-    """Repeat a span of natural text later in a `share` of the windows (the `natural-boost-*`
-    augmentation): a span of 8-24 tokens at a random start is copied over the tokens at a random
-    later start, so every token is still text from the corpus and the gap between the copies varies
-    (no fixed look-back solves it). Other windows, and validation text, are left as they are."""
+    """Repeat spans of natural text later in a `share` of the windows (the `natural-boost-*`
+    augmentation): one span per BOOST_EVERY tokens, each 8-24 tokens at a random start copied over
+    the tokens at a random later start, so every token is still text from the corpus and the gap
+    between the copies varies (no fixed look-back solves it). Other windows, and validation text,
+    are left as they are."""
     batch, span = text.shape
     length_hi = min(BOOST_SPAN[1], span // 3)
     if share <= 0 or length_hi < BOOST_SPAN[0]:
@@ -189,10 +191,11 @@ def boost_windows(text: Int[Tensor, "batch span"], share: float, gen: torch.Gene
     text = text.clone()
     chosen = (torch.rand(batch, generator=gen) < share).nonzero().flatten().tolist()
     for row in chosen:
-        length = int(torch.randint(BOOST_SPAN[0], length_hi + 1, (1,), generator=gen))
-        src = int(torch.randint(0, span - 2 * length + 1, (1,), generator=gen))
-        dst = int(torch.randint(src + length, span - length + 1, (1,), generator=gen))
-        text[row, dst : dst + length] = text[row, src : src + length]
+        for _ in range(max(1, span // BOOST_EVERY)):
+            length = int(torch.randint(BOOST_SPAN[0], length_hi + 1, (1,), generator=gen))
+            src = int(torch.randint(0, span - 2 * length + 1, (1,), generator=gen))
+            dst = int(torch.randint(src + length, span - length + 1, (1,), generator=gen))
+            text[row, dst : dst + length] = text[row, src : src + length]
     return text
 
 

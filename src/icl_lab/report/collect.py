@@ -57,7 +57,7 @@ def describe(run: RunFiles) -> str:
     d = run.config.data
     data = f"text ({d.corpus}, {d.tokenizer})" if d.kind == "text" else d.kind
     if d.boost:  # an augmentation: say so wherever the run is shown (decision 21)
-        data += (f", BOOSTED: {d.boost:.0%} of training windows repeat a span of their own text; "
+        data += (f", BOOSTED: {d.boost:.0%} of training windows repeat spans of their own text; "
                  "measured on un-boosted validation text")
     return (f"{m.n_layers} layer{'s' * (m.n_layers > 1)}, d_model {m.d_model}, {m.n_heads} head{'s' * (m.n_heads > 1)}, "
             f"{kind}, {m.positional} positions{extras}; vocab {m.d_vocab}, context {m.n_ctx}; "
