@@ -183,6 +183,8 @@ def analyze_cmd(
     dtype: str = typer.Option("fp32", help="Measurement dtype: fp32, bf16, fp16 or fp64."),
     only: Optional[str] = typer.Option(None, help="Comma-separated measurements to run instead of all "
                                        "(e.g. prefix_matching,icl_score); `--only list` lists them."),
+    max_memory: str = typer.Option("8GB", help="The most memory the analysis may hold (e.g. 4GB); chunk sizes follow "
+                                   "from it, and a run that cannot fit is refused before any work."),
 ) -> None:
     """Measure every checkpoint: loss by position, ICL score, head scores, per-token-loss PCA,
     the phase change, the attention viewer and the composition graph. Writes RUN/analysis/ for
@@ -202,7 +204,7 @@ def analyze_cmd(
     columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=json_out) as bar:
         tasks = {r.path.name: bar.add_task(f"analyze {r.path.name}", total=len(r.checkpoints)) for r in loaded}
-        summaries = icl_lab.analyze(loaded, n_examples=examples, device=device, dtype=dtype, only=names,
+        summaries = icl_lab.analyze(loaded, n_examples=examples, device=device, dtype=dtype, only=names, max_memory=max_memory,
                                     progress=lambda name, done, total: bar.update(tasks[name], completed=done))
     if names is not None and not all(summaries.values()):
         pending = [Path(p).name for p, s in summaries.items() if not s]
@@ -255,6 +257,9 @@ def ablate_cmd(
     reuse: bool = typer.Option(False, help="Skip the work if every checkpoint already has these ablations."),
     device: str = typer.Option("cpu", help="Where to run: cpu, cuda, cuda:N or auto."),
     dtype: str = typer.Option("fp32", help="dtype: fp32, bf16, fp16 or fp64."),
+    max_memory: str = typer.Option("8GB", help="The most memory the sweeps may hold (e.g. 4GB)."),
+    examples: Optional[int] = typer.Option(None, help="Ablate on the first N stored evaluation sequences only "
+                                           "[default: all]; a pretrained model's full sweep takes hours on a CPU."),
 ) -> None:
     """Ablate every head at every checkpoint (zero/mean/resample, full and pattern-preserving),
     batched; add the ICL-score attributions to RUN/analysis/metrics.parquet."""
@@ -266,7 +271,7 @@ def ablate_cmd(
     if kind != "all" and kind not in KINDS:
         raise ConfigError(f"unknown ablation kind {kind!r}; choose one of {', '.join(KINDS)} or all")
     run = icl_lab.load_run(run_dir)
-    if reuse and is_ablated(run, kinds):
+    if reuse and is_ablated(run, kinds, examples):
         if not json_out:
             err_console.print(f"reusing the ablations of {run.path.name} (up to date)")
         summary = ablation_summary(run, run.metrics())
@@ -274,7 +279,7 @@ def ablate_cmd(
         columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=err_console, transient=json_out) as bar:
             task = bar.add_task(f"ablate {run.path.name}", total=len(run.checkpoints))
-            summary = ablate_run(run, kinds=kinds, device=device, dtype=dtype,
+            summary = ablate_run(run, kinds=kinds, device=device, dtype=dtype, max_memory=max_memory, examples=examples,
                                  progress=lambda name, done, total: bar.update(task, completed=done))
     if json_out:
         print(json.dumps(summary, indent=2))

@@ -37,3 +37,7 @@ class StorageError(IclLabError):
 class IclLabWarning(UserWarning):
     """Something went wrong and was handled (a torn log line dropped, a corrupt checkpoint skipped);
     the CLI prints it as one line."""
+
+
+class ResourceError(IclLabError):
+    """The work would not fit the machine (memory), as estimated before it starts."""

@@ -16,7 +16,7 @@ def toks():
 @pytest.mark.parametrize("pattern_preserving", [True, False], ids=["pattern-preserving", "full"])
 def test_batched_sweep_equals_one_pass_per_head(kind, pattern_preserving, toks):
     model = Transformer(tiny_config(n_layers=3, d_mlp=32), seed=2).eval()
-    batched = ablate_heads(model, toks, kind=kind, pattern_preserving=pattern_preserving, max_elements=2 * 6 * 2 * 24 * 24)  # 2 a pass
+    batched = ablate_heads(model, toks, kind=kind, pattern_preserving=pattern_preserving, max_bytes=2 * (6 * 4 * 2 * 6 * 24 * 32))  # 2 a pass
     serial = ablate_heads_serially(model, toks, kind=kind, pattern_preserving=pattern_preserving)
     assert batched.shape == (1 + 3 * 2, 6, 23)
     assert torch.allclose(batched, serial, atol=1e-5)
@@ -67,7 +67,7 @@ def test_unknown_head_or_kind_is_a_clear_error(toks):
 def test_frozen_pattern_shortcut_matches_the_hook_based_reference(over, toks):
     model = Transformer(tiny_config(n_layers=3, **over), seed=5).eval()
     for kind in KINDS:
-        fast = ablate_heads(model, toks, kind=kind, pattern_preserving=True, max_elements=1000)
+        fast = ablate_heads(model, toks, kind=kind, pattern_preserving=True, max_bytes=4000)
         assert torch.allclose(fast, ablate_heads_serially(model, toks, kind=kind, pattern_preserving=True), atol=1e-5)
 
 
@@ -101,7 +101,7 @@ def test_scoring_a_few_positions_equals_the_full_sweep_at_those_positions(over, 
     assert shared.shape == (1 + 6, 6, 2)
     assert torch.allclose(shared, every[:, :, [2, 21]], atol=1e-5)
     per_seq = torch.tensor([[0, 5, 22], [1, 1, 9], [3, 4, 5], [22, 0, 7], [8, 9, 10], [11, 12, 13]])
-    got = ablate_heads(model, toks, kind="zero", pattern_preserving=pattern_preserving, positions=per_seq, max_elements=500)
+    got = ablate_heads(model, toks, kind="zero", pattern_preserving=pattern_preserving, positions=per_seq, max_bytes=2000)
     want = ablate_heads_serially(model, toks, kind="zero", pattern_preserving=pattern_preserving, positions=per_seq)
     assert torch.allclose(got, want, atol=1e-5)
     every_zero = ablate_heads_serially(model, toks, kind="zero", pattern_preserving=pattern_preserving)
@@ -115,3 +115,39 @@ def test_positions_out_of_range_are_a_clear_error(toks):
         ablate_heads(model, toks, positions=[23])
     with pytest.raises(ConfigError, match=r"positions must be \[k\] or \[batch=6, k\]"):
         ablate_heads(model, toks, positions=torch.zeros(2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("pattern_preserving", [True, False], ids=["pattern-preserving", "full"])
+def test_a_sweep_streamed_one_sequence_at_a_time_equals_the_serial_reference(kind, pattern_preserving, toks):
+    """Chunking the sequences must not change mean (over every sequence) or resample (the next
+    sequence, across chunk edges, the last taking the first's) ablations."""
+    model = Transformer(tiny_config(n_layers=3, d_mlp=32, positional="rotary"), seed=8).eval()
+    streamed = ablate_heads(model, toks, kind=kind, pattern_preserving=pattern_preserving, positions=[3, 20], max_bytes=1)
+    serial = ablate_heads_serially(model, toks, kind=kind, pattern_preserving=pattern_preserving, positions=[3, 20])
+    assert torch.allclose(streamed, serial, atol=1e-5)
+
+
+@pytest.mark.parametrize("over", [dict(d_mlp=32), dict(positional="shortformer"), dict(positional="rotary", smeared_key=True),
+                                  dict(normalization="rmsnorm", d_mlp=32, gated_mlp=True, act_fn="silu", positional="rotary", bias=False),
+                                  dict(d_mlp=32, parallel_attn_mlp=True, positional="rotary", rotary_dim=4)],
+                         ids=["mlp", "shortformer", "rotary-smeared", "llama-like", "neox-like"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("pattern_preserving", [True, False], ids=["pattern-preserving", "full"])
+def test_group_ablation_through_the_blocks_equals_the_cached_pattern_reference(over, kind, pattern_preserving, toks):
+    """The group ablation copies the clean queries and keys instead of storing every pattern: it
+    must equal forcing the stored clean patterns (`hook_pattern`), for a group across layers, one
+    sequence at a time or all at once."""
+    from icl_lab.intervene.ablate import _ablated_losses, _clean_cache
+
+    model = Transformer(tiny_config(n_layers=3, **over), seed=9).eval()
+    group = [(0, 1), (2, 0)]
+    with torch.inference_mode():
+        clean_logits, cache = _clean_cache(model, toks)
+        want = _ablated_losses(model, toks, cache, group, kind, pattern_preserving)
+    for max_bytes in (1, 2**30):
+        got = ablate_head_group(model, toks, group, kind=kind, pattern_preserving=pattern_preserving, max_bytes=max_bytes)
+        assert torch.allclose(got[1], want, atol=1e-5)
+        assert torch.allclose(got[0], model.per_token_loss(toks), atol=1e-5)
+    few = ablate_head_group(model, toks, group, kind=kind, pattern_preserving=pattern_preserving, positions=[4, 21], max_bytes=1)
+    assert torch.allclose(few[1], want[:, [4, 21]], atol=1e-5)

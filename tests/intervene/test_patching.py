@@ -31,7 +31,7 @@ def pair():
 def test_residual_patching_equals_one_pass_per_cell(pair):
     clean, corrupt = pair
     model = Transformer(tiny_config(d_mlp=16), seed=1).eval()
-    got = patch_residual(model, clean, corrupt, last_token_logit_diff, max_elements=5 * 4 * 12 * 50)
+    got = patch_residual(model, clean, corrupt, last_token_logit_diff, max_bytes=5 * 4 * 12 * 50 * 4)
     _, cache = model.run_with_cache(clean)
     for l in range(2):
         for p in (0, 5, 11):

@@ -93,4 +93,4 @@ def test_streamed_pattern_scores_equal_the_cached_patterns():
     tokens, seg = repeated_random_tokens(50, 24, n_repeats=3, n_examples=7, seed=2)
     mask = prefix_matching_mask(tokens.shape[1], seg)
     expected = masked_attention_score(attention_patterns(model, tokens), mask)
-    assert torch.allclose(masked_pattern_scores(model, tokens, mask, chunk=3), expected, atol=1e-6)
+    assert torch.allclose(masked_pattern_scores(model, tokens, mask, max_bytes=1), expected, atol=1e-6)

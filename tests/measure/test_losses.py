@@ -31,8 +31,9 @@ def test_dloss_dlnpos_of_a_log_linear_curve_is_constant():
 def test_hand_built_induction_model_learns_in_context():
     model = hand_built_induction()  # predicts the next token once the sequence repeats
     batch = sample_batch(DataConfig(min_period=4, max_period=8, max_offset=4), 12, 40, 64, torch.Generator().manual_seed(0))
-    per_token = per_token_losses(model, batch.tokens, batch_size=10)
+    per_token = per_token_losses(model, batch.tokens, max_bytes=1)  # one sequence at a time
     assert per_token.shape == (64, 39)
+    assert torch.allclose(per_token, per_token_losses(model, batch.tokens), atol=1e-6)  # chunking changes nothing
     by_token = loss_by_token(per_token)
     assert torch.isnan(by_token[0]) and by_token.shape == (40,)
     assert icl_score(by_token) < -1.0

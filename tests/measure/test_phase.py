@@ -82,3 +82,42 @@ def test_a_crossing_must_persist_for_two_checkpoints():
     progress = np.array([0.0, 0.95, 0.0, 0.0, 0.95, 0.95, 0.2, 0.95, 0.95, 0.95, 1.0])
     assert persistent_crossing(progress, 0.9) == 7
     assert persistent_crossing(np.array([0.0, 0.0, 0.0, 1.0]), 0.9) == 3  # the end qualifies
+
+
+def test_a_warm_up_transient_is_not_the_phase_change():
+    """Before decision 25 the search began at the first checkpoint, so a loss spike during the
+    warm-up (the largest bump) was taken for the phase change's bump, and an early ICL fall set the
+    window's start. With `search_from`, the bump before the window is found."""
+    step = sigmoid_in_log(1e5)
+    warmup = np.where(TOKENS < 10**3.4, 2.0 * np.exp(-((np.log10(TOKENS) - 3.2) / 0.1) ** 2), 0.0)  # a 2-nat spike
+    loss = 4.8 - 1.5 * step - 0.1 * np.log10(TOKENS) + warmup
+    icl = -2 * step - 0.5 * (TOKENS < 10**3.3)  # an early dip while the rate ramps up
+    whole = detect_phase_change(TOKENS, icl, 0.05 + 0.8 * step, loss)
+    assert whole["loss_bump"]["end_tokens"] < 10**3.5  # the spike wins without the rule
+    after = detect_phase_change(TOKENS, icl, 0.05 + 0.8 * step, loss, search_from=10**3.5)
+    assert after["detected"] and after["search_from_tokens"] == 10**3.5
+    assert 10**4.5 < after["loss_bump"]["end_tokens"] and after["coincide"]
+    assert after["start_tokens"] > 10**3.5
+
+
+def test_detection_needs_the_shorter_window_half_inside_the_other():
+    """IoU > 0 counted as detected before; now the reproduction's own overlap rule decides."""
+    icl_step, pm_step = sigmoid_in_log(1e4, 0.09), sigmoid_in_log(10**4.6, 0.23)  # ~[3.8, 4.2] and ~[4.1, 5.1] decades
+    r = detect_phase_change(TOKENS, -2 * icl_step, 0.05 + 0.8 * pm_step, 4.8 - 1.5 * pm_step)
+    assert r["overlap"] > 0 and r["window_overlap"] < 0.5 and not r["detected"]
+    same = detect_phase_change(TOKENS, -2 * pm_step, 0.05 + 0.8 * pm_step, 4.8 - 1.5 * pm_step)
+    assert same["window_overlap"] == pytest.approx(1.0) and same["detected"]
+
+
+def test_window_edges_get_intervals_that_cover_them_and_shrink_with_less_noise():
+    rng = np.random.default_rng(0)
+    step = sigmoid_in_log(1e5)
+    def resamples(noise):
+        return (-2 * step + noise * rng.standard_normal((200, len(TOKENS))),
+                0.05 + 0.8 * step + noise * rng.standard_normal((200, len(TOKENS))))
+    r = detect_phase_change(TOKENS, -2 * step, 0.05 + 0.8 * step, 4.8 - 1.5 * step, resamples=resamples(0.05))
+    lo, hi = r["start_ci"]
+    assert lo <= r["start_tokens"] <= hi and r["end_ci"][0] <= r["end_tokens"] <= r["end_ci"][1]
+    assert r["detected_share"] > 0.9
+    wide = detect_phase_change(TOKENS, -2 * step, 0.05 + 0.8 * step, 4.8 - 1.5 * step, resamples=resamples(0.3))
+    assert np.log(wide["start_ci"][1] / wide["start_ci"][0]) > np.log(hi / lo)

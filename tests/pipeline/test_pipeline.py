@@ -33,8 +33,8 @@ class StepParity(Measurement):
 
 def test_each_checkpoint_is_loaded_once_for_every_measurement(run, monkeypatch):
     loads = []
-    real = base.load_weights
-    monkeypatch.setattr(base, "load_weights", lambda path: loads.append(path) or real(path))
+    real = base.load_weights_into
+    monkeypatch.setattr(base, "load_weights_into", lambda model, path: loads.append(path) or real(model, path))
     ev = eval_set_for(run, 16)
     table = walk(run, measurements(["loss", "icl_score", "prefix_matching", "copying_direct"]), ev)
     assert len(loads) == len(run.checkpoints) == len(set(loads))

@@ -187,3 +187,24 @@ def test_gguf_llama_logits_match_transformers(tmp_path):
         expected = hf(tokens).logits
     assert (run.model().logits(tokens) - expected).abs().max() < 1e-4
     assert run.config.data.eval_ctx == 48 and run.meta["family"] == "llama"
+
+
+def test_an_imported_model_with_one_checkpoint_at_step_0_is_analysed_and_reported(tmp_path):
+    """An imported model has one checkpoint, at step 0 (0 tokens): the report drew its loss by
+    position from checkpoints after step 0 only and crashed on an empty log axis."""
+    import icl_lab
+    from icl_lab.report import write_report
+
+    _, folder = _gpt2(tmp_path)
+    run = import_model(folder, tmp_path / "run", corpus=str(_text_folder(tmp_path)))
+    icl_lab.analyze([run], n_examples=8)
+    report = write_report([run.path], out=tmp_path / "report.html")
+    assert "loss by token index" in report.path.read_text()
+
+
+def _text_folder(tmp_path):
+    text = tmp_path / "text"
+    text.mkdir()
+    for i in range(4):
+        (text / f"{i}.txt").write_text(f"the quick brown fox {i} jumps over the lazy dog. " * 400)
+    return text

@@ -25,10 +25,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from icl_lab.errors import ConfigError
+from icl_lab.measure.memory import DEFAULT_MAX_BYTES, forward_row_bytes, logits_bytes, rows_per_chunk
 from icl_lab.model.hooks import HookPoint
+from icl_lab.model.config import ModelConfig
 from icl_lab.model.transformer import Transformer
 
 AblationKind = Literal["zero", "mean", "resample"]
+COPY_TENSORS = 6  # copy-sized tensors alive at once in a sweep pass (residual, norm, values, z, output, MLP)
 KINDS: tuple[AblationKind, ...] = ("zero", "mean", "resample")
 
 
@@ -70,10 +73,11 @@ def ablate_heads(
     kind: str = "zero",  # AblationKind, checked here so a typo gets a one-line error
     pattern_preserving: bool = True,
     positions: Tensor | Sequence[int] | None = None,
-    max_elements: int = 2**24,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Float[Tensor, "ablation batch k"]:
-    """Per-token loss with each head ablated in turn, in batched passes: as many ablations share a
-    pass as keep its largest tensors under `max_elements` (larger passes spend their time
+    """Per-token loss with each head ablated in turn, in batched passes. The sequences are
+    streamed in chunks whose clean cache takes at most half of `max_bytes`, and as many ablations
+    share a pass as keep its tensors within the other half (larger passes spend their time
     allocating memory rather than computing). Each copy starts at its head's layer, and only the
     losses asked for are computed (see `_sweep`): scoring a few positions, as the ICL score does,
     is much cheaper than scoring every one.
@@ -98,7 +102,42 @@ def ablate_heads(
     heads = list(all_heads(model) if heads is None else heads)
     _check(model, heads, kind)
     tokens = tokens.to(next(model.parameters()).device)
-    return _sweep(model, tokens, heads, kind, pattern_preserving, _loss_rows(tokens, positions), max_elements)
+    rows = _loss_rows(tokens, positions)
+    layers = sorted({l for l, _ in heads})
+    means = _mean_z(model, tokens, layers, max_bytes) if kind == "mean" and heads else {}
+    itemsize = next(model.parameters()).element_size()
+    cache_row = sweep_cache_bytes(model.cfg, tokens.shape[1], itemsize, layers, pattern_preserving)
+    chunk = rows_per_chunk(cache_row, max_bytes // 2, len(tokens))
+    out = []
+    for i in range(0, len(tokens), chunk):
+        idx = torch.arange(i, min(i + chunk, len(tokens)), device=tokens.device)
+        # a resampled head takes the next sequence's z: that sequence rides along, unscored
+        run_idx = torch.cat([idx, (idx[-1:] + 1) % len(tokens)]) if kind == "resample" and chunk < len(tokens) else idx
+        replace = _replacer(kind, means, len(idx))
+        out.append(_sweep(model, tokens[run_idx], heads, replace, pattern_preserving, rows[idx], max_bytes // 2))
+    return torch.cat(out, dim=1)
+
+
+def sweep_cache_bytes(cfg: ModelConfig, n_pos: int, itemsize: int, layers: Sequence[int], preserve: bool) -> int:
+    """What a sweep caches per sequence (half of the `ablate_heads` budget goes to it): z,
+    resid_mid and resid_post of the ablated layers, and the attention pattern of every layer after
+    the first of them (pattern-preserving), plus the clean forward that fills the cache."""
+    cached = 3 * len(layers) * n_pos * max(cfg.d_model, cfg.n_heads * cfg.d_head) * itemsize
+    if preserve and layers:
+        cached += (cfg.n_layers - 1 - layers[0]) * cfg.n_heads * n_pos * n_pos * itemsize
+    return cached + forward_row_bytes(cfg, n_pos, itemsize, logits=False, patterns=preserve)
+
+
+def _replacer(kind: str, means: dict[int, Tensor], n: int):
+    """z -> what ablation puts in its place for the first `n` sequences: zeros, the mean over
+    every sequence (from `_mean_z`), or the next sequence's z."""
+    def replace(layer: int, z: Tensor) -> Tensor:  # z [batch (+1 riding along), pos, head, d_head]
+        if kind == "zero":
+            return torch.zeros_like(z[:n])
+        if kind == "mean":
+            return means[layer].expand_as(z[:n])
+        return z.roll(-1, dims=0)[:n]
+    return replace
 
 
 def _loss_rows(tokens: Tensor, positions: Tensor | Sequence[int] | None) -> Tensor:
@@ -121,56 +160,62 @@ def _row_losses(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), reduction="none").view(targets.shape)
 
 
-def _sweep(model: Transformer, tokens: Tensor, heads: list[tuple[int, int]], kind: str, preserve: bool,
-           rows: Tensor, max_elements: int) -> Tensor:
+def _sweep(model: Transformer, tokens: Tensor, heads: list[tuple[int, int]], replace, preserve: bool,
+           rows: Tensor, max_bytes: int) -> Tensor:
     """One copy of the batch per head, starting at the head's own layer from the cached clean
-    residual stream (nothing before it can change). Only the logits at `rows` are computed.
+    residual stream (nothing before it can change). Only the logits at `rows` are computed, for
+    the first len(rows) sequences (a resampling sweep runs one more, whose z the last one takes).
 
     Pattern-preserving copies compute no queries, keys, scores or softmax (every pattern is
     frozen); the frozen patterns broadcast over the copies; and in the last layer only the rows
     scored are mixed, so it costs a few rows rather than a full value projection. The result equals
     the hook-based `ablate_heads_serially` (tested). Most hook points are skipped here, so hooks
     attached to the model cannot alter the sweep; use `ablate_heads_serially` for that."""
-    cfg, (batch, n_pos) = model.cfg, tokens.shape
+    cfg, n_pos = model.cfg, tokens.shape[1]
+    batch = len(rows)
     layers = sorted({l for l, _ in heads})
     wanted = {f"blocks.{l}.{name}" for l in layers for name in ("attn.hook_z", "hook_resid_post", "hook_resid_mid")}
     if preserve:  # patterns are read only downstream of an ablated head; earlier layers keep fused attention
         wanted |= {f"blocks.{j}.attn.hook_pattern" for j in range(layers[0] + 1, cfg.n_layers)} if layers else set()
-    clean_logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
+    final, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted, stop_at_layer=cfg.n_layers)
     at = torch.arange(batch, device=tokens.device)[:, None]  # with rows: [batch, k] gathers
     targets = tokens[at, rows + 1]  # [batch, k]
     results = {}
     pos_embed = model.shortformer_pos(n_pos)
     width = max(cfg.d_model, cfg.d_mlp, 0 if preserve else cfg.n_heads * n_pos)  # a copy's widest activation per token
     per_copy = batch * max(n_pos * width, rows.shape[1] * cfg.d_vocab)  # ... or its logits, at the scored rows
-    per_pass = max(1, max_elements // per_copy)
+    per_pass = max(1, max_bytes // (COPY_TENSORS * next(model.parameters()).element_size() * per_copy))
     for layer in layers:
         in_layer = [h for l, h in heads if l == layer]
         for start in range(0, len(in_layer), per_pass):
             chunk = in_layer[start : start + per_pass]
             last = layer == cfg.n_layers - 1
-            resid = _ablated_layer(model, cache, layer, chunk, kind, (at, rows) if last else None)
+            resid = _ablated_layer(model, cache, layer, chunk, replace, batch, (at, rows) if last else None)
             for j in range(layer + 1, cfg.n_layers):
                 last = j == cfg.n_layers - 1
                 if preserve:
-                    resid = _frozen_block(model, j, resid, cache["pattern", j], pos_embed, (at, rows) if last else None)
+                    resid = _frozen_block(model, j, resid, cache["pattern", j][:batch], pos_embed, (at, rows) if last else None)
                 else:
                     resid = model.blocks[j](resid.flatten(0, 1), pos_embed).view_as(resid)
                     resid = resid[:, at, rows] if last else resid
-            logits = model.ln_final(resid) @ model.W_U  # [copy, batch, k, d_vocab]
-            logits = logits if model.b_U is None else logits + model.b_U
-            losses = _row_losses(logits, targets.expand(len(chunk), -1, -1))
+            losses = _row_losses(_unembed(model, resid), targets.expand(len(chunk), -1, -1))
             results.update(zip(((layer, h) for h in chunk), losses))
-    return torch.stack([_row_losses(clean_logits[at, rows], targets), *(results[h] for h in heads)])
+    clean = _row_losses(_unembed(model, final[at, rows]), targets)
+    return torch.stack([clean, *(results[h] for h in heads)])
 
 
-def _ablated_layer(model: Transformer, cache, layer: int, chunk: list[int], kind: str, rows) -> Tensor:
+def _unembed(model: Transformer, resid: Tensor) -> Tensor:
+    logits = model.ln_final(resid) @ model.W_U
+    return logits if model.b_U is None else logits + model.b_U
+
+
+def _ablated_layer(model: Transformer, cache, layer: int, chunk: list[int], replace, batch: int, rows) -> Tensor:
     """resid_post of `layer` with head chunk[i] ablated in copy i: [copy, batch, pos, d_model], or
     [copy, batch, k, d_model] at `rows` only. The head's pattern and the other heads are untouched
     by its ablation, so the change is the head's output difference alone, a rank-d_head term."""
     block, z = model.blocks[layer], cache["z", layer]
-    dz = (_replacement(z, kind) - z)[:, :, chunk]  # [batch, pos, copy, d_head]
-    select = (lambda t: t) if rows is None else (lambda t: t[rows])
+    dz = (replace(layer, z) - z[:batch])[:, :, chunk]  # [batch, pos, copy, d_head]
+    select = (lambda t: t[:batch]) if rows is None else (lambda t: t[rows])
     delta = torch.einsum("bpne,ned->nbpd", select(dz), block.attn.W_O[chunk])
     if model.cfg.attn_only or model.cfg.parallel_attn_mlp:  # any MLP reads resid_pre, which is unchanged
         return select(cache["resid_post", layer]) + delta
@@ -252,12 +297,23 @@ def ablate_heads_serially(
 @torch.inference_mode()
 def ablate_head_group(
     model: Transformer, tokens: Int[Tensor, "batch pos"], heads: Sequence[tuple[int, int]],
-    kind: str = "zero", pattern_preserving: bool = True,
-) -> Float[Tensor, "2 batch pos_minus_1"]:
-    """Per-token loss with all of `heads` ablated together (e.g. every induction head at once).
+    kind: str = "zero", pattern_preserving: bool = True, positions: Tensor | Sequence[int] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Float[Tensor, "2 batch k"]:
+    """Per-token loss with all of `heads` ablated together (e.g. every induction head at once),
+    streamed over chunks of sequences whose clean and ablated copies fit `max_bytes`.
+
+    Each chunk runs once up to the group's first layer; from there a clean and an ablated copy
+    of it run side by side through the model's own blocks, with the group's `hook_z` replaced in
+    the ablated copy. Pattern-preserving copies take the clean copy's queries and keys at every
+    later layer (`hook_q`, `hook_k`), so their attention patterns are the clean ones while the
+    fused attention kernel still runs: no layer's pattern is ever stored.
+
+    Args:
+        positions: per-token-loss indices to score, as in `ablate_heads` (default every one).
 
     Returns:
-        [2, batch, pos-1]: row 0 clean, row 1 with the whole group ablated.
+        [2, batch, k]: row 0 clean, row 1 with the whole group ablated.
 
     Raises:
         ConfigError: an unknown kind, an empty group or a head the model does not have.
@@ -267,5 +323,65 @@ def ablate_head_group(
         raise ConfigError("ablate_head_group needs at least one (layer, head)")
     _check(model, heads, kind)
     tokens = tokens.to(next(model.parameters()).device)
-    clean_logits, cache = _clean_cache(model, tokens)
-    return torch.stack([_losses(clean_logits, tokens), _ablated_losses(model, tokens, cache, heads, kind, pattern_preserving)])
+    rows = _loss_rows(tokens, positions)
+    group = {layer: [h for l, h in heads if l == layer] for layer in sorted({l for l, _ in heads})}
+    means = _mean_z(model, tokens, list(group), max_bytes) if kind == "mean" else {}
+    cfg, itemsize = model.cfg, next(model.parameters()).element_size()
+    per_row = 2 * forward_row_bytes(cfg, tokens.shape[1], itemsize, logits=False) + 2 * logits_bytes(cfg, rows.shape[1], itemsize)
+    chunk = rows_per_chunk(per_row, max_bytes, len(tokens))
+    out = [_group_chunk(model, tokens, rows, torch.arange(i, min(i + chunk, len(tokens))), group, kind, means, pattern_preserving)
+           for i in range(0, len(tokens), chunk)]
+    return torch.cat(out, dim=1)
+
+
+def _group_chunk(model: Transformer, tokens: Tensor, rows: Tensor, idx: Tensor, group: dict[int, list[int]], kind: str,
+                 means: dict[int, Tensor], preserve: bool) -> Tensor:
+    """[2, chunk, k] clean and group-ablated losses of the sequences `idx`. A resampled head takes
+    the next sequence's z (the last takes the first's), so that sequence rides along, unscored."""
+    n, first = len(idx), min(group)
+    clean_idx = torch.cat([idx, ((idx[-1:] + 1) % len(tokens))]) if kind == "resample" else idx
+    resid = model(tokens[clean_idx], stop_at_layer=first)  # [clean, pos, d_model]
+    nc = len(clean_idx)
+
+    def same_as_clean(x: Tensor, *, hook) -> Tensor:  # q or k [2 copies, pos, head, d_head]
+        return torch.cat([x[:nc], x[:n]])
+
+    def ablate(z: Tensor, *, hook) -> Tensor:  # z [2 copies, pos, head, d_head]
+        layer, heads = int(hook.name.split(".")[1]), group[int(hook.name.split(".")[1])]
+        z = z.clone()
+        if kind == "zero":
+            z[nc:, :, heads] = 0
+        elif kind == "mean":
+            z[nc:, :, heads] = means[layer][:, heads]
+        else:
+            z[nc:, :, heads] = z[1 : n + 1, :, heads]
+        return z
+
+    hooks = [(f"blocks.{layer}.attn.hook_z", ablate) for layer in group]
+    if preserve:
+        hooks += [(f"blocks.{l}.attn.{name}", same_as_clean) for l in range(first + 1, model.cfg.n_layers) for name in ("hook_q", "hook_k")]
+    final = model.run_with_hooks(torch.cat([resid, resid[:n]]), fwd_hooks=hooks, start_at_layer=first,
+                                 stop_at_layer=model.cfg.n_layers)  # [clean + ablated, pos, d_model]
+    at = torch.arange(n, device=tokens.device)[:, None]
+    sel = rows[idx]  # [chunk, k]
+    picked = torch.stack([final[:n][at, sel], final[nc:][at, sel]])  # [2, chunk, k, d_model]
+    logits = model.ln_final(picked) @ model.W_U
+    logits = logits if model.b_U is None else logits + model.b_U
+    return _row_losses(logits, tokens[idx][at, sel + 1].expand(2, -1, -1))
+
+
+def _mean_z(model: Transformer, tokens: Tensor, layers: list[int], max_bytes: int) -> dict[int, Tensor]:
+    """Each layer's z averaged over every sequence, per position: [pos, head, d_head] (what mean
+    ablation puts in), summed chunk by chunk."""
+    sums: dict[int, Tensor] = {}
+
+    def add(z: Tensor, *, hook) -> None:
+        layer = int(hook.name.split(".")[1])
+        sums[layer] = sums.get(layer, 0) + z.sum(0)
+
+    chunk = rows_per_chunk(forward_row_bytes(model.cfg, tokens.shape[1], next(model.parameters()).element_size(), logits=False),
+                           max_bytes, len(tokens))
+    for i in range(0, len(tokens), chunk):
+        model.run_with_hooks(tokens[i : i + chunk], stop_at_layer=max(layers) + 1,
+                             fwd_hooks=[(f"blocks.{layer}.attn.hook_z", add) for layer in layers])
+    return {layer: total / len(tokens) for layer, total in sums.items()}

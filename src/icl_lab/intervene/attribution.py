@@ -15,6 +15,7 @@ from icl_lab.intervene.ablate import ablate_heads, all_heads
 from icl_lab.measure.evalset import EvalSet
 from icl_lab.measure.intervals import is_noise, mean_interval, removed_fraction_interval
 from icl_lab.measure.losses import icl_positions
+from icl_lab.measure.memory import DEFAULT_MAX_BYTES
 from icl_lab.model.transformer import Transformer
 from icl_lab.run.results import ABLATION_PREFIX as PREFIX
 
@@ -27,9 +28,11 @@ def removed_fraction(clean_icl: float, ablated_icl: float) -> float:
     return 1.0 - ablated_icl / clean_icl if clean_icl < 0 else float("nan")
 
 
-def ablation_rows(model: Transformer, ev: EvalSet, kinds, before_after: np.ndarray | None = None) -> list[dict]:
+def ablation_rows(model: Transformer, ev: EvalSet, kinds, before_after: np.ndarray | None = None,
+                  max_bytes: int = DEFAULT_MAX_BYTES) -> list[dict]:
     """Rows (metric, layer, head, value, lo, hi) of every head's ablation of each kind and form on
-    `ev`: `ablation.{kind}.{form}.{icl_removed_fraction|icl_delta|before_after_projection}`."""
+    `ev`: `ablation.{kind}.{form}.{icl_removed_fraction|icl_delta|before_after_projection}`, each
+    sweep streamed within `max_bytes`."""
     heads = all_heads(model)
     early, late = icl_positions(ev.tokens.shape[1])
     # only the losses the table needs: the ICL score's two tokens and each example's sampled token
@@ -38,7 +41,8 @@ def ablation_rows(model: Transformer, ev: EvalSet, kinds, before_after: np.ndarr
     rows = []
     for kind in kinds:
         for form, preserve in FORMS.items():
-            losses = ablate_heads(model, ev.tokens, heads=heads, kind=kind, pattern_preserving=preserve, positions=positions).float().cpu()
+            losses = ablate_heads(model, ev.tokens, heads=heads, kind=kind, pattern_preserving=preserve, positions=positions,
+                                  max_bytes=max_bytes).float().cpu()
             icl = losses[:, :, 1] - losses[:, :, 0]  # [1 + head, example]: per-example ICL scores
             rows += _head_rows(f"{PREFIX}{kind}.{form}", heads, icl, losses[:, :, 2].numpy(), before_after)
     return rows

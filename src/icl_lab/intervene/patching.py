@@ -18,6 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from icl_lab.errors import ConfigError
+from icl_lab.measure.memory import DEFAULT_MAX_BYTES
 from icl_lab.model.hooks import HookPoint
 from icl_lab.model.transformer import Transformer
 
@@ -30,11 +31,12 @@ def _on_model(model: Transformer, *tokens: Tensor) -> tuple[Tensor, ...]:
     return tuple(t.to(device) for t in tokens)
 
 
-def _run_cells(model: Transformer, tokens: Tensor, n_cells: int, make_hooks, metric: Metric, max_elements: int) -> Tensor:
+def _run_cells(model: Transformer, tokens: Tensor, n_cells: int, make_hooks, metric: Metric, max_bytes: int) -> Tensor:
     """Evaluate `n_cells` patched copies of `tokens`, `make_hooks(start, stop)` giving the hooks for
     cells [start, stop); returns the metric averaged over the batch, [n_cells]."""
     batch, n_pos = tokens.shape
-    per_pass = max(1, max_elements // (batch * n_pos * max(model.cfg.d_model, model.cfg.d_vocab)))
+    itemsize = next(model.parameters()).element_size()
+    per_pass = max(1, max_bytes // (batch * n_pos * max(model.cfg.d_model, model.cfg.d_vocab) * itemsize))
     out = []
     for start in range(0, n_cells, per_pass):
         stop = min(n_cells, start + per_pass)
@@ -47,7 +49,7 @@ def _run_cells(model: Transformer, tokens: Tensor, n_cells: int, make_hooks, met
 @torch.inference_mode()
 def patch_residual(
     model: Transformer, clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "batch pos"], metric: Metric,
-    max_elements: int = 2**26,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Float[Tensor, "layer pos"]:
     """The metric on the corrupted input with `blocks.{l}.hook_resid_pre` at one position taken
     from the clean run, for every (layer, position)."""
@@ -72,13 +74,13 @@ def patch_residual(
             out.append((f"blocks.{l}.hook_resid_pre", patch))
         return out
 
-    return _run_cells(model, corrupted, L * P, hooks, metric, max_elements).view(L, P)
+    return _run_cells(model, corrupted, L * P, hooks, metric, max_bytes).view(L, P)
 
 
 @torch.inference_mode()
 def patch_heads(
     model: Transformer, clean: Int[Tensor, "batch pos"], corrupted: Int[Tensor, "batch pos"], metric: Metric,
-    per_position: bool = False, max_elements: int = 2**26,
+    per_position: bool = False, max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Float[Tensor, "layer head *pos"]:
     """The metric on the corrupted input with one head's output `hook_z` taken from the clean run,
     for every head ([layer, head]) or every head and position ([layer, head, pos])."""
@@ -109,7 +111,7 @@ def patch_heads(
             out.append((f"blocks.{l}.attn.hook_z", patch))
         return out
 
-    result = _run_cells(model, corrupted, L * H * per, hooks, metric, max_elements)
+    result = _run_cells(model, corrupted, L * H * per, hooks, metric, max_bytes)
     return result.view(L, H, P) if per_position else result.view(L, H)
 
 

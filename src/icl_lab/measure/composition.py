@@ -23,6 +23,7 @@ from icl_lab.measure.factored import Factored, ov_circuit, qk_circuit
 from icl_lab.model.transformer import Transformer
 
 Mode = Literal["q", "k", "v"]
+BASELINE_SAMPLES = 200  # random circuits behind each composition baseline
 
 
 def qk_ov(model: Transformer) -> tuple[Float[Tensor, "layer head d_model d_model"], Float[Tensor, "layer head d_model d_model"]]:
@@ -86,18 +87,21 @@ def composition_scores(model: Transformer, mode: Mode) -> Float[Tensor, "layer_a
 
 
 @torch.inference_mode()
-def composition_baseline(model: Transformer, mode: Mode, samples: int = 200, seed: int = 0) -> tuple[float, float]:
+def composition_baseline(model: Transformer, mode: Mode, samples: int = BASELINE_SAMPLES, seed: int = 0) -> tuple[float, float]:
     """Mean and std of the composition score for random Gaussian W_Q, W_K, W_V, W_O of this
     model's shapes (the score is scale-free, so the Gaussian's scale does not matter)."""
     d, e = model.cfg.d_model, model.cfg.d_head
     gen = torch.Generator().manual_seed(seed)
     g = lambda *shape: torch.randn(samples, *shape, generator=gen)  # noqa: E731
-    ov_a = g(d, e) @ g(e, d)
-    right = g(d, e) @ g(e, d)  # a random QK^T, QK or OV has the same distribution
+    ov_a = Factored(g(d, e), g(e, d))
+    right = Factored(g(d, e), g(e, d))  # a random QK^T, QK or OV has the same distribution
     if mode == "q":
-        right = right.transpose(-1, -2)
-    prod = ov_a @ right
-    s = prod.flatten(-2).norm(dim=-1) / (ov_a.flatten(-2).norm(dim=-1) * right.flatten(-2).norm(dim=-1))
+        right = Factored(right.B.transpose(-1, -2), right.A.transpose(-1, -2))
+    # ||A B||_F from d_head-sized factors, as in `composition_scores`: no [samples, d_model, d_model] product
+    r1 = torch.linalg.qr(ov_a.A, mode="r").R
+    r2 = torch.linalg.qr(right.B.transpose(-1, -2), mode="r").R
+    prod = (r1 @ (ov_a.B @ right.A) @ r2.transpose(-1, -2)).flatten(-2).norm(dim=-1)
+    s = prod / (ov_a.norm() * right.norm())
     return float(s.mean()), float(s.std())
 
 

@@ -26,18 +26,19 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from icl_lab.measure.memory import DEFAULT_MAX_BYTES, FLOAT, forward_row_bytes, rows_per_chunk
+from icl_lab.model.config import ModelConfig
 from icl_lab.model.transformer import LayerNorm, Transformer
 
 COMPETITORS = 4096  # size of the shared competitor set C (all tokens when the vocabulary is smaller)
-ELEMENT_BUDGET = 2**24  # logits held at once: [head, source chunk, |C|]
+RANK_TENSORS = 4  # float tensors of [head, source chunk, |C|] alive at once in `rank_shares`
 FLOP_BUDGET = 2e11  # default cap on the competitor logits' multiply-adds (a few seconds on a laptop CPU)
 MIN_SOURCES = 256
 
 
-def default_sources(model: Transformer, competitors: int = COMPETITORS) -> int:
+def default_sources(cfg: ModelConfig, competitors: int = COMPETITORS) -> int:
     """How many source positions fit FLOP_BUDGET (at least MIN_SOURCES): every one on small
     models, a few hundred on a 30-layer, 49k-token model."""
-    cfg = model.cfg
     per_source = 2 * cfg.n_layers * cfg.n_heads * min(competitors, cfg.d_vocab) * cfg.d_model
     return max(MIN_SOURCES, int(FLOP_BUDGET // per_source))
 
@@ -59,15 +60,17 @@ def _to_logit_space(model: Transformer, written: Tensor) -> Tensor:
 
 
 def rank_shares(
-    model: Transformer, written: Float[Tensor, "head source d_model"], targets: Int[Tensor, "source"], competitors: Tensor
+    model: Transformer, written: Float[Tensor, "head source d_model"], targets: Int[Tensor, "source"], competitors: Tensor,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Float[Tensor, "head source"]:
     """q: for each head and source, the share of competitors v != target whose logit the written
-    vector raises less than the target's (ties count one half)."""
+    vector raises less than the target's (ties count one half). Sources are scored in chunks whose
+    competitor logits ([head, chunk, |C|], RANK_TENSORS of them at once) fit `max_bytes`."""
     W_U = model.W_U.detach()
     comp = competitors.to(W_U.device)
     x = _to_logit_space(model, written)
     own = torch.einsum("hsd,ds->hs", x, W_U[:, targets])  # [head, source]
-    chunk = max(1, ELEMENT_BUDGET // (x.shape[0] * len(comp)))
+    chunk = rows_per_chunk(RANK_TENSORS * x.shape[0] * len(comp) * max(FLOAT, x.element_size()), max_bytes, x.shape[1])
     out = []
     for i in range(0, x.shape[1], chunk):
         logits = x[:, i : i + chunk] @ W_U[:, comp]  # [head, chunk, |C|]
@@ -96,6 +99,7 @@ def copying_scores(
     competitors: int = COMPETITORS,
     seed: int = 0,
     per_example: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Float[Tensor, "layer head"] | Float[Tensor, "batch layer head"]:
     """The primary copying score of every head (module docstring): 2 mean_s q_s - 1 in [-1, 1].
 
@@ -104,9 +108,11 @@ def copying_scores(
         tokens: [batch, pos] sequences, normally the repeated random tokens of prefix matching.
         first: the first source position (1 skips a BOS column).
         max_sources: at most this many source positions in all (an even spread per sequence);
-            default `default_sources(model)`.
+            default `default_sources(model.cfg)`.
         competitors: size of the competitor set C.
         per_example: return [batch, layer, head] (each sequence's mean over its sources).
+        max_bytes: working memory: the forward runs in chunks of sequences, keeps only the
+            residual stream at the source positions and stops before the unembedding.
 
     Example:
         >>> tokens, seg_len = repeated_random_tokens(model.cfg.d_vocab, model.cfg.n_ctx, n_examples=32)
@@ -115,55 +121,93 @@ def copying_scores(
     device = model.W_U.device
     tokens = tokens.to(device)
     batch, n_pos = tokens.shape
-    max_sources = max_sources or default_sources(model, competitors)
+    max_sources = max_sources or default_sources(model.cfg, competitors)
     per_seq = max(1, min(n_pos - first, max_sources // batch))
     cols = torch.linspace(first, n_pos - 1, per_seq).round().long().unique().to(device)  # [k] source positions
     comp = competitor_set(model.cfg.d_vocab, competitors, seed)
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_resid_pre"))
+    resid = _resid_at(model, tokens, cols, max_bytes)  # [layer, batch, k, d_model]
     targets = tokens[:, cols].flatten()  # [batch * k]
     out = torch.empty(batch, model.cfg.n_layers, model.cfg.n_heads)
     for layer, block in enumerate(model.blocks):
-        resid = cache[f"blocks.{layer}.hook_resid_pre"][:, cols]  # [batch, k, d_model]
-        x = block.attn_inputs(resid, None)[2].flatten(0, 1)  # values read the normalised stream
-        q = rank_shares(model, _head_outputs(model, layer, x), targets, comp)  # [head, batch * k]
+        x = block.attn_inputs(resid[layer], None)[2].flatten(0, 1)  # values read the normalised stream
+        q = _layer_rank_shares(model, layer, x, targets, comp, max_bytes)  # [head, batch * k]
         out[:, layer] = (2 * q - 1).view(-1, batch, len(cols)).mean(-1).T.float().cpu()
     return out if per_example else out.mean(0)
 
 
+def _layer_rank_shares(model: Transformer, layer: int, x: Tensor, targets: Tensor, comp: Tensor, max_bytes: int) -> Tensor:
+    """`rank_shares` of what every head of `layer` writes from the value inputs x [source, d_model],
+    in source chunks whose written vectors (three [head, chunk, d_model] copies) and competitor
+    logits fit `max_bytes`: [head, source]."""
+    cfg, size = model.cfg, max(FLOAT, x.element_size())
+    per_source = cfg.n_heads * size * (3 * cfg.d_model + RANK_TENSORS * len(comp))
+    chunk = rows_per_chunk(per_source, max_bytes, len(x))
+    return torch.cat([rank_shares(model, _head_outputs(model, layer, x[i : i + chunk]), targets[i : i + chunk], comp, max_bytes)
+                      for i in range(0, len(x), chunk)], dim=1)
+
+
+def _resid_at(model: Transformer, tokens: Tensor, cols: Tensor, max_bytes: int) -> Float[Tensor, "layer batch k d_model"]:
+    """Every layer's residual stream entering the block, at positions `cols` only, streamed over
+    chunks of sequences (no logits, no full-length cache)."""
+    out = torch.empty(model.cfg.n_layers, len(tokens), len(cols), model.cfg.d_model, dtype=model.W_U.dtype, device=tokens.device)
+    chunk = rows_per_chunk(forward_row_bytes(model.cfg, tokens.shape[1], model.W_U.element_size(), logits=False),
+                           max_bytes, len(tokens))
+    for start in range(0, len(tokens), chunk):
+        def keep(resid: Tensor, *, hook, start: int = start) -> None:  # resid [batch, pos, d_model]
+            out[int(hook.name.split(".")[1]), start : start + len(resid)] = resid[:, cols]
+
+        model.run_with_hooks(tokens[start : start + chunk], stop_at_layer=model.cfg.n_layers,
+                             fwd_hooks=[(lambda n: n.endswith("hook_resid_pre"), keep)])
+    return out
+
+
 @torch.inference_mode()
 def copying_direct_scores(
-    model: Transformer, max_sources: int | None = None, competitors: int = COMPETITORS, seed: int = 0
+    model: Transformer, max_sources: int | None = None, competitors: int = COMPETITORS, seed: int = 0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Float[Tensor, "layer head"]:
     """The copying statistic on the direct path: each source is a token's embedding alone, through
     the head's layer norm (positions and earlier layers left out). Weights only; sources are every
-    token, or a fixed random `max_sources` of them (default `default_sources(model)`)."""
+    token, or a fixed random `max_sources` of them (default `default_sources(model.cfg)`)."""
     d_vocab = model.cfg.d_vocab
-    sources = competitor_set(d_vocab, max_sources or default_sources(model, competitors), seed + 1).to(model.W_E.device)
+    sources = competitor_set(d_vocab, max_sources or default_sources(model.cfg, competitors), seed + 1).to(model.W_E.device)
     comp = competitor_set(d_vocab, competitors, seed)
     embed = model.W_E.detach()[sources]  # [source, d_model]
     out = torch.empty(model.cfg.n_layers, model.cfg.n_heads)
     for layer, block in enumerate(model.blocks):
         x = block.attn_inputs(embed[None], None)[2][0]
-        out[layer] = (2 * rank_shares(model, _head_outputs(model, layer, x), sources, comp) - 1).mean(-1).float().cpu()
+        out[layer] = (2 * _layer_rank_shares(model, layer, x, sources, comp, max_bytes) - 1).mean(-1).float().cpu()
     return out
 
 
 @torch.inference_mode()
 def copying_olsson_scores(
-    model: Transformer, tokens: Int[Tensor, "batch pos"], first: int = 1, per_example: bool = False
+    model: Transformer, tokens: Int[Tensor, "batch pos"], first: int = 1, per_example: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Float[Tensor, "layer head"] | Float[Tensor, "batch layer head"]:
     """The paper's copying score (module docstring) on `tokens`, normally [BOS] + 25 random
     distinct tokens per row (most and least common tokens left out). At each query position
     p >= first + 1, the head's output z_p W_O through the final norm and W_U, restricted to the
     row's own tokens; minus their mean; ReLU; the share on the token at the key the head attends
-    to most (among the row's tokens, keys >= first). s in [0, 1] -> clip(4 s - 1, -1, 1)."""
+    to most (among the row's tokens, keys >= first). s in [0, 1] -> clip(4 s - 1, -1, 1).
+    Sequences run in chunks whose cached z and patterns (every layer) fit `max_bytes`."""
     device = model.W_U.device
     tokens = tokens.to(device)
-    batch = tokens.shape[0]
+    cfg, n_pos, itemsize = model.cfg, tokens.shape[1], model.W_U.element_size()
+    cached = cfg.n_layers * n_pos * cfg.n_heads * (n_pos + cfg.d_head) * itemsize  # z and pattern of every layer
+    written = 2 * cfg.n_heads * n_pos * cfg.d_model * max(itemsize, FLOAT)  # one layer's outputs through the final norm
+    chunk = rows_per_chunk(cached + written + forward_row_bytes(cfg, n_pos, itemsize, logits=False, patterns=True),
+                           max_bytes, len(tokens))
+    out = torch.cat([_olsson_chunk(model, tokens[i : i + chunk], first) for i in range(0, len(tokens), chunk)])
+    return out if per_example else out.mean(0)
+
+
+def _olsson_chunk(model: Transformer, tokens: Tensor, first: int) -> Float[Tensor, "batch layer head"]:
     sample = tokens[:, first:]  # [batch, n] the row's tokens
     W_U = model.W_U.detach()
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("attn.hook_z", "attn.hook_pattern")))
-    out = torch.empty(batch, model.cfg.n_layers, model.cfg.n_heads)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("attn.hook_z", "attn.hook_pattern")),
+                                    stop_at_layer=model.cfg.n_layers)
+    out = torch.empty(len(tokens), model.cfg.n_layers, model.cfg.n_heads)
     for layer, block in enumerate(model.blocks):
         z = cache[f"blocks.{layer}.attn.hook_z"][:, first + 1 :]  # [batch, q, head, d_head]
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"][:, :, first + 1 :, first:]  # [batch, head, q, key]
@@ -173,4 +217,4 @@ def copying_olsson_scores(
         top = pattern.argmax(-1, keepdim=True)  # [batch, head, q, 1] index among the row's tokens
         share = raised.gather(-1, top)[..., 0] / raised.sum(-1).clamp_min(1e-12)
         out[:, layer] = (4 * share.mean(-1) - 1).clamp(-1, 1).float().cpu()
-    return out if per_example else out.mean(0)
+    return out

@@ -13,6 +13,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from icl_lab.errors import ConfigError
+from icl_lab.measure.memory import DEFAULT_MAX_BYTES, forward_row_bytes, rows_per_chunk
 from icl_lab.model.transformer import Transformer
 
 
@@ -39,7 +40,8 @@ def repeated_random_tokens(
     """
     first = 0 if bos is None else 1
     seg_len = min(seg_len, (n_ctx - first) // n_repeats)
-    allowed = torch.tensor([t for t in range(d_vocab) if t not in set(exclude)])
+    excluded = set(exclude)  # once: rebuilding it per token took ~7 s at a 49k vocabulary
+    allowed = torch.tensor([t for t in range(d_vocab) if t not in excluded])
     if seg_len < 2 or len(allowed) < seg_len:
         raise ConfigError(
             f"cannot build {n_repeats} repeats of a distinct-token segment in n_ctx={n_ctx}, d_vocab={d_vocab}; "
@@ -84,25 +86,56 @@ def attention_patterns(model: Transformer, tokens: Int[Tensor, "batch pos"]) -> 
 
 @torch.inference_mode()
 def masked_pattern_scores(
-    model: Transformer, tokens: Int[Tensor, "batch pos"], mask: Float[Tensor, "query_pos key_pos"], chunk: int = 8,
-    per_example: bool = False,
+    model: Transformer, tokens: Int[Tensor, "batch pos"], mask: Float[Tensor, "query_pos key_pos"],
+    max_bytes: int = DEFAULT_MAX_BYTES, per_example: bool = False,
 ) -> Float[Tensor, "layer head"] | Float[Tensor, "batch layer head"]:
     """`masked_attention_score` without keeping the patterns: each layer's pattern is reduced as
-    it is computed, `chunk` sequences at a time, so memory stays at one layer's pattern for a
-    few sequences (a 30-layer model at 512 tokens would need gigabytes for all of them).
-    With `per_example`, each sequence's score: [batch, layer, head]."""
+    it is computed (only at the mask's non-zero entries), as many sequences at a time as keep one
+    layer's explicit attention under `max_bytes` (`icl_lab.measure.memory.forward_row_bytes`), and
+    the forward stops after the last block (no logits are formed). With `per_example`, each
+    sequence's score: [batch, layer, head]."""
+    out, _ = losses_and_pattern_scores(model, tokens, mask, len(tokens), max_bytes, losses=False)
+    return out if per_example else out.mean(0)
+
+
+@torch.inference_mode()
+def losses_and_pattern_scores(
+    model: Transformer, tokens: Int[Tensor, "batch pos"], mask: Float[Tensor, "query_pos key_pos"], n_scored: int,
+    max_bytes: int = DEFAULT_MAX_BYTES, losses: bool = True,
+) -> tuple[Float[Tensor, "scored layer head"], Float[Tensor, "batch pos_minus_1"] | None]:
+    """One streamed forward over `tokens` that yields the masked pattern score of every head on the
+    first `n_scored` sequences ([scored, layer, head], as `masked_pattern_scores` per example) and,
+    with `losses`, the per-token loss of every sequence (as `per_token_losses`). Only the scored
+    sequences take the explicit attention path; the rest run fused. So the evaluation windows'
+    loss pass gives the previous-token score on its first windows for the price of their patterns."""
     device = next(model.parameters()).device
     mask = mask.to(device)
-    rows = mask.sum(-1) > 0
-    out = torch.zeros(len(tokens), model.cfg.n_layers, model.cfg.n_heads)
+    qi, ki = mask.nonzero(as_tuple=True)
+    weight, n_rows = mask[qi, ki], max(1, int((mask.sum(-1) > 0).sum()))
+    itemsize, cfg = next(model.parameters()).element_size(), model.cfg
+    scores = torch.zeros(n_scored, cfg.n_layers, cfg.n_heads)
+    per_token = []
+    total = len(tokens) if losses else n_scored
+    start = 0
+    while start < total:
+        explicit = start < n_scored
+        row = forward_row_bytes(cfg, tokens.shape[1], itemsize, logits=losses, patterns=explicit)
+        stop = min(start + rows_per_chunk(row, max_bytes, total), n_scored if explicit else total)
 
-    for start in range(0, len(tokens), chunk):
         def reduce(pattern: Tensor, *, hook, start: int = start) -> None:  # pattern [batch, head, query_pos, key_pos]
-            layer = int(hook.name.split(".")[1])
-            out[start : start + len(pattern), layer] = (pattern * mask).sum(-1)[..., rows].mean(-1).float().cpu()
+            # the mean over the mask's rows of each row's masked sum: the masked entries' sum / rows
+            scores[start : start + len(pattern), int(hook.name.split(".")[1])] = \
+                ((pattern[:, :, qi, ki] * weight).sum(-1) / n_rows).float().cpu()
 
-        model.run_with_hooks(tokens[start : start + chunk].to(device), fwd_hooks=[(lambda n: n.endswith("attn.hook_pattern"), reduce)])
-    return out if per_example else out.mean(0)
+        hooks = [(lambda n: n.endswith("attn.hook_pattern"), reduce)] if explicit else []
+        with model.hooks(hooks):
+            chunk = tokens[start:stop].to(device)
+            if losses:
+                per_token.append(model.per_token_loss(chunk).cpu())
+            else:
+                model(chunk, stop_at_layer=cfg.n_layers)
+        start = stop
+    return scores, torch.cat(per_token) if losses else None
 
 
 def prefix_matching_scores(

@@ -13,6 +13,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from icl_lab.measure.memory import DEFAULT_MAX_BYTES, forward_row_bytes, rows_per_chunk
 from icl_lab.model.transformer import Transformer
 
 PAPER_CONTEXT, PAPER_EARLY, PAPER_LATE = 512, 50, 500
@@ -30,16 +31,16 @@ def icl_positions(n_ctx: int) -> tuple[int, int]:
     return early, late
 
 
-LOGITS_BUDGET = 2**26  # logits held at once (256 MB in fp32): a 49k vocabulary at 512 tokens gets 2 sequences
-
-
 @torch.inference_mode()
-def per_token_losses(model: Transformer, tokens: Int[Tensor, "batch pos"], batch_size: int = 64) -> Float[Tensor, "batch pos_minus_1"]:
-    """Per-token loss on `tokens` in chunks of at most `batch_size` sequences, fewer when the
-    logits would exceed LOGITS_BUDGET (inference mode, fused attention)."""
+def per_token_losses(model: Transformer, tokens: Int[Tensor, "batch pos"], max_bytes: int = DEFAULT_MAX_BYTES
+                     ) -> Float[Tensor, "batch pos_minus_1"]:
+    """Per-token loss on `tokens`, as many sequences at a time as keep one forward's activations
+    and logits under `max_bytes` (`icl_lab.measure.memory.forward_row_bytes`; at least one),
+    under inference mode with fused attention. Returned on the CPU."""
     device = next(model.parameters()).device
-    batch_size = max(1, min(batch_size, LOGITS_BUDGET // (tokens.shape[1] * model.cfg.d_vocab)))
-    return torch.cat([model.per_token_loss(tokens[i : i + batch_size].to(device)).cpu() for i in range(0, len(tokens), batch_size)])
+    row = forward_row_bytes(model.cfg, tokens.shape[1], next(model.parameters()).element_size())
+    chunk = rows_per_chunk(row, max_bytes, len(tokens))
+    return torch.cat([model.per_token_loss(tokens[i : i + chunk].to(device)).cpu() for i in range(0, len(tokens), chunk)])
 
 
 def loss_by_token(per_token: Float[Tensor, "batch pos_minus_1"]) -> Float[Tensor, "pos"]:

@@ -29,6 +29,7 @@ from icl_lab.measure.evalset import rare_and_common_tokens
 from icl_lab.measure.head_scores import prefix_matching_scores, previous_token_scores, repeated_random_tokens
 from icl_lab.measure.induction import INDUCTION_THRESHOLDS
 from icl_lab.measure.losses import icl_score, loss_by_token, per_token_losses
+from icl_lab.measure.memory import DEFAULT_MAX_BYTES
 from icl_lab.model.transformer import Transformer
 
 PROBE_SEED = 20220308
@@ -68,11 +69,11 @@ def make_text_probe(val: np.ndarray, n_ctx: int, d_vocab: int, bos: int | None, 
     return TextProbe(windows[:n_windows], passages, plen, repeated, seg_len, first)
 
 
-def passage_losses(model: Transformer, passages: Int[Tensor, "example pos"], plen: int, first: int
-                   ) -> tuple[Float[Tensor, "example"], Float[Tensor, "example"]]:
+def passage_losses(model: Transformer, passages: Int[Tensor, "example pos"], plen: int, first: int,
+                   max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[Float[Tensor, "example"], Float[Tensor, "example"]]:
     """Per-example mean loss on the first and on the second copy of `repeated_passages`, over the
     same offsets 1..plen-1 within the passage (offset 0 has no earlier copy to read from)."""
-    losses = per_token_losses(model, passages)  # [example, pos - 1]: index i predicts token i + 1
+    losses = per_token_losses(model, passages, max_bytes)  # [example, pos - 1]: index i predicts token i + 1
     first_copy = losses[:, first : first + plen - 1]  # targets at passage offsets 1..plen-1
     second_copy = losses[:, first + plen : first + 2 * plen - 1]
     return first_copy.mean(1), second_copy.mean(1)

@@ -15,7 +15,7 @@ from icl_lab.measure.losses import per_token_losses
 from icl_lab.measure.pca import joint_pca
 from icl_lab.model.transformer import Transformer
 from icl_lab.run.rundir import Run
-from icl_lab.train.checkpoint import load_weights
+from icl_lab.train.checkpoint import load_weights_into
 
 
 @torch.inference_mode()
@@ -31,7 +31,7 @@ def loss_trajectories(runs: Sequence[Run], n_examples: int = 256) -> tuple[pd.Da
     for run in runs:
         model = Transformer(run.config.model)
         for step in run.checkpoints:
-            model.load_state_dict(load_weights(run.layout.checkpoint(step)))
+            load_weights_into(model, run.layout.checkpoint(step))
             per_token = per_token_losses(model.eval(), ev.tokens)  # [example, pos-1]
             vectors.append(per_token[torch.arange(len(per_token)), ev.ptl_positions].numpy())
             keys.append((run.path.name, step, step * run.config.train.batch_size * run.config.model.n_ctx))

@@ -185,13 +185,15 @@ class Transformer(HookedRootModule, TextMixin):
 
     # ---- forward -------------------------------------------------------------------------
     def forward(
-        self, tokens: Int[Tensor, "batch pos"], attention_mask: Shaped[Tensor, "batch key_pos"] | None = None,
-        stop_at_layer: int | None = None, kv_cache: KVCache | None = None,
+        self, tokens: Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_model"],
+        attention_mask: Shaped[Tensor, "batch key_pos"] | None = None,
+        stop_at_layer: int | None = None, kv_cache: KVCache | None = None, start_at_layer: int | None = None,
     ) -> Float[Tensor, "batch pos d_out"]:
         """Logits [batch, pos, d_vocab] for every position.
 
         Args:
-            tokens: [batch, pos] token ids.
+            tokens: [batch, pos] token ids, or with `start_at_layer` the residual stream
+                [batch, pos, d_model] entering that block.
             attention_mask: optional [batch, pos], 1 at real tokens and 0 at left padding (from
                 `to_tokens(texts, return_mask=True)`): padding is never attended to, and positions
                 count from each row's first real token, so real tokens get the logits they would
@@ -201,45 +203,55 @@ class Transformer(HookedRootModule, TextMixin):
                 values count from the end, as in a slice.
             kv_cache: a `KVCache` of the tokens before `tokens`: they are attended to without
                 being rerun, and the new keys and values are appended (what `generate` does).
+            start_at_layer: `tokens` is the residual stream at `blocks.{start_at_layer}.hook_resid_pre`:
+                run blocks [start_at_layer, stop_at_layer) only (the embeddings are skipped).
+                With `stop_at_layer`, a slice of the model: what ablations and patching rerun.
 
         Raises:
             ConfigError: the sequence is longer than n_ctx, a mask of another length, or
-                `stop_at_layer` with a `kv_cache`.
+                `stop_at_layer` / `start_at_layer` with a `kv_cache`.
         """
         tokens = tokens.to(self.W_E.device)  # inputs follow the model (a no-op when they are already there)
         past = 0 if kv_cache is None else kv_cache.n_pos
-        n_pos, n_total = tokens.shape[-1], past + tokens.shape[-1]
-        if n_total > self.cfg.n_ctx:
-            raise ConfigError(f"sequence of {n_total} tokens exceeds n_ctx={self.cfg.n_ctx}; truncate the input")
-        if kv_cache is not None and stop_at_layer is not None:
-            raise ConfigError("stop_at_layer would leave the kv_cache's later layers behind; use one or the other")
-        mask, positions = self._mask_and_positions(tokens, attention_mask, past)
-        resid = self.hook_embed(F.embedding(tokens, self.W_E))
+        batch, n_pos = tokens.shape[:2]
+        if past + n_pos > self.cfg.n_ctx:
+            raise ConfigError(f"sequence of {past + n_pos} tokens exceeds n_ctx={self.cfg.n_ctx}; truncate the input")
+        if kv_cache is not None and (stop_at_layer is not None or start_at_layer is not None):
+            raise ConfigError("stop_at_layer / start_at_layer would leave the kv_cache's other layers behind; use one or the other")
+        mask, positions = self._mask_and_positions(batch, n_pos, tokens.device, attention_mask, past)
+        if start_at_layer is None:
+            resid = self.hook_embed(F.embedding(tokens, self.W_E))
+        elif tokens.ndim != 3 or tokens.shape[-1] != self.cfg.d_model:
+            raise ConfigError(f"start_at_layer needs the residual stream [batch, pos, {self.cfg.d_model}], got {tuple(tokens.shape)}")
+        else:
+            resid = tokens
         pos_embed = None
         if self.cfg.positional in ("learned", "shortformer"):
             if positions is not None:
                 W_pos = self.W_pos[positions]  # [batch, pos, d_model]
             else:
                 W_pos = self.W_pos if n_pos == self.cfg.n_ctx else self.W_pos[:n_pos]  # no slice to undo in backward
-            pos_embed = self.hook_pos_embed(W_pos.expand_as(resid))
-            if self.cfg.positional == "learned":
-                resid, pos_embed = resid + pos_embed, None
-        blocks = self.blocks if stop_at_layer is None else self.blocks[:stop_at_layer]
-        for i, block in enumerate(blocks):
+            pos_embed = W_pos.expand(batch, n_pos, -1)
+            if start_at_layer is None:
+                pos_embed = self.hook_pos_embed(pos_embed)
+            if self.cfg.positional == "learned":  # in the residual stream already when starting later
+                resid, pos_embed = (resid + pos_embed if start_at_layer is None else resid), None
+        first = start_at_layer or 0
+        for i, block in enumerate(self.blocks[first:stop_at_layer], start=first):
             resid = block(resid, pos_embed, mask, positions, None if kv_cache is None else kv_cache.layers[i])
         if kv_cache is not None:
-            kv_cache.n_pos = n_total
+            kv_cache.n_pos = past + n_pos
         if stop_at_layer is not None:
             return resid
         logits = self.ln_final(resid) @ self.W_U
         return logits if self.b_U is None else logits + self.b_U
 
-    def _mask_and_positions(self, tokens: Tensor, attention_mask: Tensor | None, past: int) -> tuple[Tensor | None, Tensor | None]:
+    def _mask_and_positions(self, batch: int, n_pos: int, device: torch.device, attention_mask: Tensor | None,
+                            past: int) -> tuple[Tensor | None, Tensor | None]:
         """(attention mask [batch, 1, pos, past + pos], positions [batch, pos]) for a padded batch
         or cached keys; (None, None) for the plain causal case, which keeps the fused path."""
-        batch, n_pos = tokens.shape
         if attention_mask is not None:
-            attention_mask = attention_mask.to(tokens.device)
+            attention_mask = attention_mask.to(device)
             if tuple(attention_mask.shape) != (batch, past + n_pos):
                 raise ConfigError(f"attention_mask {tuple(attention_mask.shape)} does not match tokens {(batch, past + n_pos)} "
                                   "(cached and new); pass the mask to_tokens returned")
@@ -248,7 +260,7 @@ class Transformer(HookedRootModule, TextMixin):
         if attention_mask is None and past == 0:
             return None, None
         if attention_mask is None:
-            attention_mask = torch.ones(batch, past + n_pos, dtype=torch.long, device=tokens.device)
+            attention_mask = torch.ones(batch, past + n_pos, dtype=torch.long, device=device)
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # [batch, pos]
         return padding_mask(attention_mask)[:, :, past:], positions
 

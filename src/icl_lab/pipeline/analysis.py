@@ -7,30 +7,34 @@ call live in `icl_lab.measure` and touch no files."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from icl_lab.measure.circuits import ov_eigen_positivity
-from icl_lab.measure.copying import copying_direct_scores, copying_olsson_scores, copying_scores
+from icl_lab.measure.copying import copying_direct_scores, copying_olsson_scores, copying_scores, default_sources
 from icl_lab.measure.evalset import EVAL_SEED, EvalSet
-from icl_lab.measure.head_scores import duplicate_token_mask, masked_pattern_scores, prefix_matching_mask, previous_token_mask
+from icl_lab.measure.head_scores import (
+    duplicate_token_mask,
+    losses_and_pattern_scores,
+    masked_pattern_scores,
+    prefix_matching_mask,
+    previous_token_mask,
+)
 from icl_lab.measure.intervals import mean_interval
 from icl_lab.measure.losses import dloss_dlnpos, icl_positions, loss_by_token
+from icl_lab.measure.memory import forward_row_bytes
+from icl_lab.model.config import ModelConfig
 from icl_lab.measure.placement import place
 from icl_lab.measure.text_signals import passage_losses, repeated_passages
 from icl_lab.model.transformer import Transformer
-from icl_lab.pipeline.base import Context, Measurement, register
+from icl_lab.pipeline.base import PROVIDERS, Context, Measurement, register, shared_at_start
 from icl_lab.run.rundir import Run
 
 PREVIOUS_TOKEN_EXAMPLES = 64
 PASSAGE_EXAMPLES = 64
-_BASELINE: dict[tuple, Transformer] = {}  # one random-init model per (config, device, dtype), shared by the head scores
-
-
-def clear_baselines() -> None:
-    """Drop the cached random-init model (a pretrained model's copy is hundreds of MB)."""
-    _BASELINE.clear()
+BASELINE_TEXT_EXAMPLES = 8  # evaluation windows the random-init baseline is scored on (decision 24)
 
 
 def _mean_row(ctx: Context, metric: str, per_example: torch.Tensor) -> dict:
@@ -38,9 +42,24 @@ def _mean_row(ctx: Context, metric: str, per_example: torch.Tensor) -> dict:
     return ctx.row(metric, float(per_example.mean()), lo=float(lo), hi=float(hi))
 
 
+def _evaluation_pass(ctx: Context, wanted: frozenset[str]) -> dict[str, torch.Tensor]:
+    """One forward over the evaluation windows for everything read from them: the per-token losses
+    of every window, and the previous-token score of the first PREVIOUS_TOKEN_EXAMPLES windows
+    (their patterns reduced as the same pass computes them), whichever was asked for."""
+    tokens, n_prev = ctx.ev.tokens, min(PREVIOUS_TOKEN_EXAMPLES, len(ctx.ev.tokens))
+    losses, previous = "per_token_losses" in wanted, "previous_token_scores" in wanted
+    scores, per_token = losses_and_pattern_scores(ctx.model, tokens if losses else tokens[:n_prev], previous_token_mask(tokens.shape[1]),
+                                                  n_prev if previous else 0, ctx.max_bytes, losses=losses)
+    return {**({"per_token_losses": per_token.float()} if losses else {}), **({"previous_token_scores": scores} if previous else {})}
+
+
+PROVIDERS["per_token_losses"] = PROVIDERS["previous_token_scores"] = _evaluation_pass
+
+
 @register
 class Loss(Measurement):
     name, description = "loss", "mean next-token loss on the evaluation set, with a 95% bootstrap interval"
+    needs = ("per_token_losses",)
 
     def measure(self, ctx: Context) -> list[dict]:
         return [_mean_row(ctx, "loss", ctx.need("per_token_losses").mean(1))]
@@ -49,16 +68,22 @@ class Loss(Measurement):
 @register
 class ICLScore(Measurement):
     name, description = "icl_score", "loss at the late token minus loss at the early token (Olsson et al.), per example, with an interval"
+    needs = ("per_token_losses",)
+
+    def start(self, run: Run, ev: EvalSet | None, device: str | None, dtype: str | None) -> None:
+        self.samples: dict[int, torch.Tensor] = {}  # step -> [example] ICL scores: the phase window's bootstrap
 
     def measure(self, ctx: Context) -> list[dict]:
         per_token = ctx.need("per_token_losses")
         early, late = icl_positions(ctx.ev.tokens.shape[1])
-        return [_mean_row(ctx, "icl_score", per_token[:, late - 1] - per_token[:, early - 1])]
+        self.samples[ctx.step] = per_example = per_token[:, late - 1] - per_token[:, early - 1]
+        return [_mean_row(ctx, "icl_score", per_example)]
 
 
 @register
 class LossByPosition(Measurement):
     name, description = "loss_by_position", "mean loss at each token index, and its slope dLoss/d ln(position)"
+    needs = ("per_token_losses",)
 
     def measure(self, ctx: Context) -> list[dict]:
         by_token = loss_by_token(ctx.need("per_token_losses"))
@@ -75,6 +100,7 @@ class PerTokenLoss(Measurement):
     `analyze` fits over the runs sharing an evaluation set and stores as `pca_1..k` rows."""
 
     name, description = "per_token_loss", "per-token-loss vectors; `analyze` turns them into the pca_1..k rows"
+    needs = ("per_token_losses",)
 
     def start(self, run: Run, ev: EvalSet | None, device: str | None, dtype: str | None) -> None:
         self.steps: list[int] = []
@@ -100,29 +126,44 @@ class RepeatedPassage(Measurement):
 
     def measure(self, ctx: Context) -> list[dict]:
         passages, plen = repeated_passages(ctx.ev.tokens[:PASSAGE_EXAMPLES], ctx.ev.first)
-        first, second = passage_losses(ctx.model, passages, plen, ctx.ev.first)
+        first, second = passage_losses(ctx.model, passages, plen, ctx.ev.first, ctx.max_bytes)
         return [_mean_row(ctx, f"{self.name}.{part}", values)
                 for part, values in (("first", first), ("second", second), ("gain", first - second))]
 
 
 class HeadScore(Measurement):
     """A per-head score, stored with its random-init baseline and (when averaged over examples) a
-    95% bootstrap interval. Subclasses define `score(model, ev)`: [example, layer, head] or, for
-    weights-only scores, [layer, head]."""
+    95% bootstrap interval. Subclasses define `score(model, ev, max_bytes)`: [example, layer, head]
+    or, for weights-only scores, [layer, head]. The baseline model is shared by every head score's
+    `start` and released before the checkpoints load (`shared_at_start`); it sees the first
+    BASELINE_TEXT_EXAMPLES evaluation windows (the random sequences in full)."""
 
-    score: Callable[[Transformer, EvalSet], torch.Tensor]
+    score: Callable[[Transformer, EvalSet, int], torch.Tensor]
 
     def start(self, run: Run, ev: EvalSet | None, device: str | None, dtype: str | None) -> None:
         key = (run.config.model.model_dump_json(), device, dtype)
-        if key not in _BASELINE:
-            _BASELINE.clear()
-            _BASELINE[key] = place(Transformer(run.config.model, seed=EVAL_SEED), device, dtype).eval()
+        model = shared_at_start(key, lambda: place(Transformer(run.config.model, seed=EVAL_SEED), device, dtype).eval())
         with torch.inference_mode():
-            base = self.score(_BASELINE[key], ev)
+            base = self.score(model, replace(ev, tokens=ev.tokens[:BASELINE_TEXT_EXAMPLES]), self.max_bytes)
         self.baseline = base.mean(0) if base.ndim == 3 else base  # [layer, head]
+        self.samples: dict[int, torch.Tensor] = {}  # step -> [example, layer, head], kept for prefix matching only
+
+    def floor_bytes(self, cfg: ModelConfig, ev: EvalSet | None, itemsize: int) -> int:
+        """One input sequence's forward with one layer's explicit attention (no logits); the
+        copying score also holds the residual stream at its source positions, [layer, source, d_model]."""
+        if ev is None:
+            return 0
+        inputs = {"previous_token": ev.tokens}.get(self.name, ev.repeated)
+        floor = forward_row_bytes(cfg, inputs.shape[1], itemsize, logits=False, patterns=True)
+        if self.name == "copying":
+            sources = min(len(inputs) * (inputs.shape[1] - ev.first), max(len(inputs), default_sources(cfg)))
+            floor += cfg.n_layers * sources * cfg.d_model * itemsize
+        return floor
 
     def measure(self, ctx: Context) -> list[dict]:
-        per = self.score(ctx.model, ctx.ev)
+        per = ctx.need(self.needs[0]) if self.needs else self.score(ctx.model, ctx.ev, ctx.max_bytes)
+        if self.name == "prefix_matching":  # the phase window's bootstrap resamples its examples
+            self.samples[ctx.step] = per
         values = per.mean(0) if per.ndim == 3 else per
         lo, hi = mean_interval(per) if per.ndim == 3 else (np.full(values.shape, np.nan),) * 2
         return [ctx.row(self.name, float(v), layer=layer, head=head, baseline=float(self.baseline[layer, head]),
@@ -130,21 +171,25 @@ class HeadScore(Measurement):
                 for (layer, head), v in np.ndenumerate(values.float().cpu().numpy())]
 
 
-def _head_score(metric: str, text: str, fn: Callable[[Transformer, EvalSet], torch.Tensor]) -> type[HeadScore]:
-    cls = type(f"HeadScore_{metric}", (HeadScore,), {"name": metric, "description": text, "score": staticmethod(fn)})
+def _head_score(metric: str, text: str, fn: Callable[[Transformer, EvalSet, int], torch.Tensor]) -> type[HeadScore]:
+    needs = ("previous_token_scores",) if metric == "previous_token" else ()  # read from the evaluation pass
+    cls = type(f"HeadScore_{metric}", (HeadScore,), {"name": metric, "description": text, "score": staticmethod(fn), "needs": needs})
     return register(cls)
 
 
-def _prefix(model: Transformer, ev: EvalSet) -> torch.Tensor:
-    return masked_pattern_scores(model, ev.repeated, prefix_matching_mask(ev.repeated.shape[1], ev.seg_len, ev.first), per_example=True)
+def _prefix(model: Transformer, ev: EvalSet, max_bytes: int) -> torch.Tensor:
+    mask = prefix_matching_mask(ev.repeated.shape[1], ev.seg_len, ev.first)
+    return masked_pattern_scores(model, ev.repeated, mask, max_bytes, per_example=True)
 
 
-def _duplicate(model: Transformer, ev: EvalSet) -> torch.Tensor:
-    return masked_pattern_scores(model, ev.repeated, duplicate_token_mask(ev.repeated.shape[1], ev.seg_len, ev.first), per_example=True)
+def _duplicate(model: Transformer, ev: EvalSet, max_bytes: int) -> torch.Tensor:
+    mask = duplicate_token_mask(ev.repeated.shape[1], ev.seg_len, ev.first)
+    return masked_pattern_scores(model, ev.repeated, mask, max_bytes, per_example=True)
 
 
-def _previous(model: Transformer, ev: EvalSet) -> torch.Tensor:
-    return masked_pattern_scores(model, ev.tokens[:PREVIOUS_TOKEN_EXAMPLES], previous_token_mask(ev.tokens.shape[1]), per_example=True)
+def _previous(model: Transformer, ev: EvalSet, max_bytes: int) -> torch.Tensor:
+    tokens = ev.tokens[:PREVIOUS_TOKEN_EXAMPLES]
+    return masked_pattern_scores(model, tokens, previous_token_mask(tokens.shape[1]), max_bytes, per_example=True)
 
 
 HEAD_SCORES = {
@@ -152,12 +197,13 @@ HEAD_SCORES = {
     "previous_token": ("attention to the previous token, on the evaluation set", _previous),
     "duplicate_token": ("attention to earlier copies of the current token, on repeated random tokens", _duplicate),
     "copying": ("signed rank share of the attended token in what the head writes (docs/analysis.md)",
-                lambda model, ev: copying_scores(model, ev.repeated, first=ev.first, per_example=True)),
-    "copying_direct": ("the copying score from the token embedding alone (weights only)", lambda model, ev: copying_direct_scores(model)),
+                lambda model, ev, b: copying_scores(model, ev.repeated, first=ev.first, per_example=True, max_bytes=b)),
+    "copying_direct": ("the copying score from the token embedding alone (weights only)",
+                       lambda model, ev, b: copying_direct_scores(model, max_bytes=b)),
     "copying_olsson": ("the paper's 25-token copying recipe",
-                       lambda model, ev: copying_olsson_scores(model, ev.random, first=ev.first, per_example=True)),
+                       lambda model, ev, b: copying_olsson_scores(model, ev.random, first=ev.first, per_example=True, max_bytes=b)),
     "ov_eigen_positivity": ("share of the OV circuit's eigenvalues that are positive (weights only)",
-                            lambda model, ev: ov_eigen_positivity(model)),
+                            lambda model, ev, b: ov_eigen_positivity(model)),
 }
 HEAD_METRICS = tuple(HEAD_SCORES)
 for _metric, (_text, _fn) in HEAD_SCORES.items():

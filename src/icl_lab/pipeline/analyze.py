@@ -22,13 +22,16 @@ from icl_lab.intervene.attribution import removed_fraction
 from icl_lab.io import write_json
 from icl_lab.measure.evalset import EVAL_SEED, EvalSet, eval_context, make_eval_set
 from icl_lab.measure.induction import INDUCTION_THRESHOLDS, induction_heads, induction_rule
-from icl_lab.measure.losses import icl_positions, icl_score, loss_by_token
+from icl_lab.measure.intervals import removed_fraction_interval, resample_weights
+from icl_lab.measure.losses import icl_positions
+from icl_lab.measure.memory import DEFAULT_MAX_BYTES, forward_row_bytes
 from icl_lab.measure.pca import before_after_vector, joint_pca
-from icl_lab.measure.phase import detect_phase_change
+from icl_lab.measure.phase import detect_phase_change, search_start
 from icl_lab.measure.placement import place
-from icl_lab.pipeline.analysis import ANALYSIS, HEAD_METRICS, PerTokenLoss, clear_baselines
+from icl_lab.pipeline.analysis import ANALYSIS, HEAD_METRICS, HeadScore, ICLScore, PerTokenLoss
 from icl_lab.pipeline.base import Measurement, Progress, measurements, store_rows, walk
 from icl_lab.pipeline.evalstore import save_eval_set
+from icl_lab.pipeline.memory import MemoryPlan, check_memory, plan_memory
 from icl_lab.pipeline.views import AttentionViewer, Composition
 from icl_lab.run.results import attention_paths
 from icl_lab.run.rundir import Run, check_eval_data
@@ -36,36 +39,80 @@ from icl_lab.train.trainer import library_versions
 
 ANALYSIS_VERSION = 4  # bump when a definition changes: `--reuse` then redoes older analyses (3: stored views, group ablation; 4: repeated passage)
 MIN_PHASE_CHECKPOINTS = 4
+GROUP_ABLATION_MACS = 5e12  # the group ablation's multiply-adds before it uses fewer windows (decision 24): ~1 min on 2 cores
+GROUP_ABLATION_MIN_EXAMPLES = 64
 SUMMARY_METRICS = ("loss", "icl_score", *HEAD_METRICS)  # what summary.json is built from
 
 
-def _phase(table: pd.DataFrame) -> dict:
+def _phase(run: Run, table: pd.DataFrame, ms: Sequence[Measurement] = ()) -> dict:
+    """The phase-change record (`icl_lab.measure.phase`), searched after the warm-up; with the
+    walk's per-example ICL and prefix-matching scores at hand, its edges get bootstrap intervals."""
     series = table[table.metric.isin(("loss", "icl_score", "prefix_matching"))]
     series = series.pivot_table(index="tokens", columns="metric", values="value", aggfunc="max")
     series = series[series.index > 0]
-    if len(series) >= MIN_PHASE_CHECKPOINTS:
-        return detect_phase_change(series.index.to_numpy(float), series["icl_score"].to_numpy(),
-                                   series["prefix_matching"].to_numpy(), series["loss"].to_numpy())
+    tc = run.config.train
+    start = search_start(tc.batch_size * run.config.model.n_ctx, tc.warmup_steps, tc.steps)
+    if (series.index > start).sum() >= MIN_PHASE_CHECKPOINTS:
+        return detect_phase_change(series.index.to_numpy(float), series["icl_score"].to_numpy(), series["prefix_matching"].to_numpy(),
+                                   series["loss"].to_numpy(), search_from=start, resamples=_resampled_series(run, series.index, ms))
     # e.g. one imported pretrained checkpoint: the scores stand, a transition cannot be seen
     return {"detected": False, "start_tokens": None, "end_tokens": None, "loss_bump": None, "overlap": None,
-            "coincide": False, "icl_window": None, "prefix_matching_window": None,
-            "reason": f"{len(series)} checkpoints after step 0; detecting a phase change needs {MIN_PHASE_CHECKPOINTS}"}
+            "window_overlap": None, "coincide": False, "icl_window": None, "prefix_matching_window": None,
+            "search_from_tokens": start, "reason": f"{(series.index > start).sum()} checkpoints after the warm-up "
+            f"({start:.0f} tokens); detecting a phase change needs {MIN_PHASE_CHECKPOINTS}"}
 
 
-def group_ablation(run: Run, ev: EvalSet, heads: list[tuple[int, int]], device: str | None, dtype: str | None) -> dict | None:
+def _resampled_series(run: Run, tokens: pd.Index, ms: Sequence[Measurement]) -> tuple[np.ndarray, np.ndarray] | None:
+    """[resample, checkpoint] ICL scores and best prefix-matching scores, each checkpoint's mean over
+    the same resampled evaluation examples (`icl_lab.measure.intervals`), or None when this walk
+    did not keep the per-example scores of every checkpoint in `tokens`."""
+    per_step = run.config.train.batch_size * run.config.model.n_ctx
+    icl = next((m for m in ms if isinstance(m, ICLScore)), None)
+    pm = next((m for m in ms if isinstance(m, HeadScore) and m.name == "prefix_matching"), None)
+    steps = [int(t // per_step) for t in tokens]
+    if icl is None or pm is None or not all(s in icl.samples and s in pm.samples for s in steps):
+        return None
+    icl_x = torch.stack([icl.samples[s] for s in steps], dim=1).double()  # [example, checkpoint]
+    pm_x = torch.stack([pm.samples[s].flatten(1) for s in steps], dim=1).double()  # [example, checkpoint, layer*head]
+    icl_r = resample_weights(len(icl_x)) @ icl_x  # [resample, checkpoint]
+    pm_r = torch.einsum("rn,nch->rch", resample_weights(len(pm_x)), pm_x).amax(-1)  # best head per resample
+    return icl_r.numpy(), pm_r.numpy()
+
+
+def group_ablation(run: Run, ev: EvalSet, heads: list[tuple[int, int]], device: str | None, dtype: str | None,
+                   max_bytes: int = DEFAULT_MAX_BYTES) -> dict | None:
     """Share of the ICL score that pattern-preserving zero-ablation of all `heads` together
-    removes at the final checkpoint (None when there are no heads)."""
+    removes at the final checkpoint, with its 95% bootstrap interval over examples (None when
+    there are no heads; `removed` None when the clean model shows no in-context learning). Only
+    the two losses the ICL score reads are computed, streamed within `max_bytes`."""
     if not heads:
         return None
-    with torch.inference_mode():
-        losses = ablate_head_group(place(run.model(), device, dtype), ev.tokens, heads, kind="zero", pattern_preserving=True)
-    clean, ablated = (icl_score(loss_by_token(x.float().cpu())) for x in losses)
+    early, late = icl_positions(ev.tokens.shape[1])
+    n = group_ablation_examples(run.config.model, ev.tokens.shape, min(l for l, _ in heads))
+    model = place(run.model(), device, dtype)
+    losses = ablate_head_group(model, ev.tokens[:n], heads, kind="zero", pattern_preserving=True,
+                               positions=[early - 1, late - 1], max_bytes=max_bytes).double().cpu()
+    icl = losses[:, :, 1] - losses[:, :, 0]  # [clean | ablated, example]
+    clean, ablated = float(icl[0].mean()), float(icl[1].mean())
     removed = removed_fraction(clean, ablated)
+    lo, hi = removed_fraction_interval(icl[0], icl[1]) if not np.isnan(removed) else (np.nan, np.nan)
     return {"step": run.checkpoints[-1], "heads": [list(h) for h in heads], "kind": "zero", "pattern_preserving": True,
-            "clean_icl_score": clean, "ablated_icl_score": ablated, "removed": None if np.isnan(removed) else removed}
+            "clean_icl_score": clean, "ablated_icl_score": ablated, "removed": None if np.isnan(removed) else removed,
+            "removed_ci": None if np.isnan(removed) else [float(lo), float(hi)], "n_examples": n}
 
 
-def _summary(run: Run, table: pd.DataFrame, ev: EvalSet) -> dict:
+def group_ablation_examples(cfg, shape: tuple[int, int], first_layer: int) -> int:
+    """How many evaluation windows the group ablation runs on: all of them when its multiply-adds
+    (a clean pass, and a second copy from the group's first layer on) stay under
+    GROUP_ABLATION_MACS, else as many as do, at least GROUP_ABLATION_MIN_EXAMPLES (decision 24)."""
+    n, n_pos = shape
+    per_layer = n_pos * (4 * cfg.n_heads * cfg.d_model * cfg.d_head + (3 if cfg.gated_mlp else 2) * cfg.d_model * cfg.d_mlp)
+    per_layer += n_pos * n_pos * cfg.n_heads * cfg.d_head  # the causal scores and the mixing
+    per_example = per_layer * (cfg.n_layers + (cfg.n_layers - first_layer))
+    return int(min(n, max(GROUP_ABLATION_MIN_EXAMPLES, GROUP_ABLATION_MACS // per_example)))
+
+
+def _summary(run: Run, table: pd.DataFrame, ev: EvalSet, ms: Sequence[Measurement] = ()) -> dict:
     icl = table[table.metric == "icl_score"].sort_values("step")
     final = table[(table.step == table.step.max()) & table.metric.isin(HEAD_METRICS)]
     head_records = []
@@ -77,7 +124,7 @@ def _summary(run: Run, table: pd.DataFrame, ev: EvalSet) -> dict:
     last = icl.iloc[-1]
     return {
         "run": str(run.path),
-        "phase_change": _phase(table),
+        "phase_change": _phase(run, table, ms),
         "icl_score": {"initial": float(icl.value.iloc[0]), "final": float(last.value), "final_ci": [float(last.lo), float(last.hi)],
                       "early_token": early, "late_token": late},
         "repeated_passage": _passage(table),
@@ -151,7 +198,8 @@ def _measurements(only: Sequence[str] | None) -> list[Measurement]:
 
 
 def analyze(runs: Sequence[Run], n_examples: int = 256, progress: Progress | None = None, write: bool = True,
-            device: str | None = None, dtype: str | None = None, only: Sequence[str] | None = None) -> dict[str, dict]:
+            device: str | None = None, dtype: str | None = None, only: Sequence[str] | None = None,
+            max_memory: int | str | None = None) -> dict[str, dict]:
     """Measure every checkpoint of `runs` and (by default) store the results in each run's `analysis/`.
 
     Args:
@@ -164,6 +212,9 @@ def analyze(runs: Sequence[Run], n_examples: int = 256, progress: Progress | Non
         only: registered measurement names (`icl_lab.pipeline.REGISTRY`) to run instead of all;
             their rows replace the stored ones, and summary.json is rebuilt when the table then
             holds everything it needs.
+        max_memory: the most the analysis may hold (bytes, or "4GB"; default 8 GB, and never more
+            than the machine has free): each measurement's chunks are sized from it, and a run
+            that cannot fit is refused before any work (docs/pipeline.md, "Memory contract").
 
     Returns:
         Run path -> summary dict (keys documented in docs/analysis.md); empty for a run whose
@@ -172,24 +223,27 @@ def analyze(runs: Sequence[Run], n_examples: int = 256, progress: Progress | Non
     Raises:
         ConfigError: a run without checkpoints, an out-of-context or grokking run, an unknown measurement.
         DataError: a text run whose tokenizer or data no longer match what it was trained on.
+        ResourceError: a run whose analysis would not fit in `max_memory` (checked before any work).
     """
     _check(runs)
     _measurements(only)  # an unknown name fails before any work
     sets = {str(r.path): make_eval_set(r, n_examples) for r in runs}
+    plans = {str(r.path): analysis_plan(r, sets[str(r.path)], only, max_memory, dtype) for r in runs}
+    for r in runs:
+        check_memory(plans[str(r.path)], f"analyzing {r.path.name}")
     summaries = {}
     for group in _groups(runs, sets).values():
         walked = []
-        try:
-            for run in group:
-                ms = _measurements(only)
-                walked.append((run, ms, walk(run, ms, sets[str(run.path)], progress=progress, device=device, dtype=dtype)))
-        finally:
-            clear_baselines()
+        for run in group:
+            ms, budget = _measurements(only), plans[str(run.path)].working
+            walked.append((run, ms, walk(run, ms, sets[str(run.path)], progress=progress, device=device, dtype=dtype,
+                                         max_bytes=budget)))
         pca = _joint_pca(walked)
         for run, ms, table in walked:
             ev = sets[str(run.path)]
             table = pd.concat([table, pca.get(str(run.path), pd.DataFrame())], ignore_index=True)
-            summaries[str(run.path)] = _finish(run, ms, table, ev, group, pca, n_examples, write, device, dtype)
+            summaries[str(run.path)] = _finish(run, ms, table, ev, group, pca, n_examples, write, device, dtype,
+                                               plans[str(run.path)].working)
     return {str(r.path): summaries[str(r.path)] for r in runs}
 
 
@@ -210,8 +264,27 @@ def _joint_pca(walked: list[tuple[Run, list[Measurement], pd.DataFrame]]) -> dic
     return out
 
 
+def analysis_plan(run: Run, ev: EvalSet, only: Sequence[str] | None = None, max_memory: int | str | None = None,
+                  dtype: str | None = None) -> MemoryPlan:
+    """The memory plan (`icl_lab.pipeline.memory`) of `analyze` on `run`: its measurements, and
+    the group ablation of the induction heads, which runs a clean and an ablated copy of each
+    sequence side by side."""
+    cfg = run.config.model
+    group = GroupAblationFloor() if only is None else None
+    return plan_memory(cfg, [*_measurements(only), *([group] if group else [])], ev, max_memory, dtype)
+
+
+class GroupAblationFloor(Measurement):
+    """Stands for the induction heads' group ablation in the memory plan (it is not walked)."""
+
+    name = "induction_ablation"
+
+    def floor_bytes(self, cfg, ev: EvalSet | None, itemsize: int) -> int:
+        return 0 if ev is None else 2 * forward_row_bytes(cfg, ev.tokens.shape[1], itemsize, logits=False)
+
+
 def _finish(run: Run, ms: list[Measurement], table: pd.DataFrame, ev: EvalSet, group: list[Run], pca: dict,
-            n_examples: int, write: bool, device: str | None, dtype: str | None) -> dict:
+            n_examples: int, write: bool, device: str | None, dtype: str | None, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     """Store one run's rows and views, then build its summary from the stored table."""
     settings = {"eval_set": ev.fingerprint, "eval_seed": EVAL_SEED, "bos": ev.bos, "n_examples": len(ev.tokens),
                 "tokenizer": run.meta.get("tokenizer_fingerprint"), "analysis_version": ANALYSIS_VERSION,
@@ -221,24 +294,25 @@ def _finish(run: Run, ms: list[Measurement], table: pd.DataFrame, ev: EvalSet, g
         save_eval_set(run, ev)
     if not set(SUMMARY_METRICS) <= set(stored.metric.unique()):
         if write:
-            _save_views(run, ms, None, device, dtype)
+            _save_views(run, ms, None, device, dtype, max_bytes)
         return {}
     stored = stored[stored.step.isin(run.checkpoints)]
-    summary = _summary(run, stored, ev)
+    summary = _summary(run, stored, ev, ms)
     previous = run.summary() if run.layout.summary.is_file() else {}
     summary["pca"] = ({"explained_variance": pca["explained"], "runs": [str(r.path) for r in group]}
                       if str(run.path) in pca.get("vectors", {}) else previous.get("pca", {}))
     summary["n_examples"] = n_examples
     heads = [(h["layer"], h["head"]) for h in summary["induction_heads"]]
-    summary["induction_ablation"] = group_ablation(run, ev, heads, device, dtype)
+    summary["induction_ablation"] = group_ablation(run, ev, heads, device, dtype, max_bytes)
     if write:
-        _save_views(run, ms, summary, device, dtype)
+        _save_views(run, ms, summary, device, dtype, max_bytes)
         _write_before_after(run, summary, pca.get("vectors", {}).get(str(run.path)))
         write_json(run.layout.summary, summary)
     return summary
 
 
-def _save_views(run: Run, ms: list[Measurement], summary: dict | None, device: str | None, dtype: str | None) -> None:
+def _save_views(run: Run, ms: list[Measurement], summary: dict | None, device: str | None, dtype: str | None,
+                max_bytes: int = DEFAULT_MAX_BYTES) -> None:
     """Store the viewer (adding the phase window's edges to it) and anything else the measurements keep."""
     for m in ms:
         if isinstance(m, AttentionViewer) and summary and summary["phase_change"]["detected"]:
@@ -246,7 +320,7 @@ def _save_views(run: Run, ms: list[Measurement], summary: dict | None, device: s
             edges = [int(summary["phase_change"][k] // per_step) for k in ("start_tokens", "end_tokens")]
             missing = [s for s in edges if s in run.checkpoints and s not in m.patterns]
             if missing:
-                walk(run, [m], steps=missing, device=device, dtype=dtype)
+                walk(run, [m], steps=missing, device=device, dtype=dtype, max_bytes=max_bytes)
         m.save(run)
 
 

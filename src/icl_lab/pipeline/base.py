@@ -28,19 +28,49 @@ import torch
 from icl_lab.errors import ConfigError
 from icl_lab.measure.evalset import EvalSet
 from icl_lab.measure.losses import per_token_losses
+from icl_lab.measure.memory import DEFAULT_MAX_BYTES, forward_row_bytes
+from icl_lab.model.config import ModelConfig
 from icl_lab.measure.placement import place
 from icl_lab.model.transformer import Transformer
 from icl_lab.pipeline.evalstore import eval_set_for
 from icl_lab.run.rundir import Run
-from icl_lab.train.checkpoint import load_weights
+from icl_lab.train.checkpoint import load_weights_into
 from icl_lab.train.trainer import library_versions
 
 Progress = Callable[[str, int, int], None]  # (run name, checkpoints done, total)
 
-# What a measurement may `need`, computed at most once per checkpoint and shared.
-PROVIDERS: dict[str, Callable[["Context"], Any]] = {
-    "per_token_losses": lambda ctx: per_token_losses(ctx.model, ctx.ev.tokens).float().cpu(),  # [example, pos-1]
+# What a measurement may `need`, computed at most once per checkpoint and shared. A provider gets
+# the context and every shared name the checkpoint's measurements declared (`Measurement.needs`),
+# and returns a dict of shared values: one pass may fill several (`icl_lab.pipeline.analysis`).
+PROVIDERS: dict[str, Callable[["Context", frozenset[str]], dict[str, Any]]] = {
+    "per_token_losses": lambda ctx, wanted: {
+        "per_token_losses": per_token_losses(ctx.model, ctx.ev.tokens, ctx.max_bytes).float().cpu()},  # [example, pos-1]
 }
+
+# Objects the measurements' `start`s share within one walk (a random-init model for every head
+# score's baseline), dropped before the first checkpoint is loaded so two models never coexist.
+_START_SHARED: dict[Any, Any] = {}
+
+
+def shared_at_start(key: Any, build: Callable[[], Any]) -> Any:
+    """An object built once for all the measurements' `start` calls of one walk, and released
+    (with every other such object) when the starts are done."""
+    if key not in _START_SHARED:
+        _START_SHARED.clear()  # one at a time: a new key replaces the old object
+        _START_SHARED[key] = build()
+    return _START_SHARED[key]
+
+
+def start_all(ms: Sequence["Measurement"], run: Run, ev: EvalSet | None, device: str | None, dtype: str | None,
+              max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    """Every measurement's per-run `start`, each with the working budget `max_bytes`; what the
+    starts shared (`shared_at_start`) is released afterwards, even on error."""
+    try:
+        for m in ms:
+            m.max_bytes = max_bytes
+            m.start(run, ev, device, dtype)
+    finally:
+        _START_SHARED.clear()
 
 
 @dataclass
@@ -53,6 +83,10 @@ class Context:
         steps: every step the walk visits (a measurement may want only some).
         model: the model with this checkpoint's weights, in eval mode, on the walk's device.
         ev: the run's evaluation set (None when no measurement needs one).
+        max_bytes: the working budget of each measurement's intermediates (docs/pipeline.md,
+            "Memory contract"): pass it on to the measure functions, which chunk by it.
+        requested: the shared intermediates the checkpoint's measurements declared they need, so
+            a provider can fill several in one pass.
     """
 
     run: Run
@@ -61,12 +95,14 @@ class Context:
     steps: list[int]
     model: Transformer
     ev: EvalSet | None
+    max_bytes: int = DEFAULT_MAX_BYTES
+    requested: frozenset[str] = frozenset()
     _shared: dict[str, Any] = field(default_factory=dict)
 
     def need(self, name: str) -> Any:
         """A shared intermediate (see `PROVIDERS`), computed on first use at this checkpoint."""
         if name not in self._shared:
-            self._shared[name] = PROVIDERS[name](self)
+            self._shared.update(PROVIDERS[name](self, self.requested | {name}))
         return self._shared[name]
 
     def row(self, metric: str, value: float, **extra: Any) -> dict:
@@ -83,8 +119,10 @@ class Measurement:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     needs_eval_set: ClassVar[bool] = True
+    needs: ClassVar[tuple[str, ...]] = ()  # the shared intermediates (`PROVIDERS`) it reads through `ctx.need`
     needs_grad: ClassVar[bool] = False  # e.g. the LLC's SGLD chains: the walk then leaves autograd on
     fans_out: ClassVar[bool] = True  # rows depend only on (run, checkpoint): can run as fan-out tasks
+    max_bytes: int = DEFAULT_MAX_BYTES  # the working budget, set by the walk before `start`
 
     def start(self, run: Run, ev: EvalSet | None, device: str | None, dtype: str | None) -> None:
         """Per-run setup before the walk (e.g. a random-init baseline)."""
@@ -102,6 +140,11 @@ class Measurement:
 
     def settings(self) -> dict:
         return {}
+
+    def floor_bytes(self, cfg: ModelConfig, ev: EvalSet | None, itemsize: int) -> int:
+        """The least working memory this measurement needs: one evaluation sequence's forward
+        with its logits (docs/pipeline.md, "Memory contract"); 0 without an evaluation set."""
+        return 0 if ev is None or not self.needs_eval_set else forward_row_bytes(cfg, ev.tokens.shape[1], itemsize)
 
     def save(self, run: Run) -> None:
         """After the walk and the table's merge: write what this measurement keeps outside the
@@ -134,8 +177,11 @@ def measurements(names: Iterable[str], options: dict[str, dict] | None = None) -
 
 
 def walk(run: Run, ms: Sequence[Measurement], ev: EvalSet | None = None, steps: Sequence[int] | None = None,
-         progress: Progress | None = None, device: str | None = None, dtype: str | None = None) -> pd.DataFrame:
+         progress: Progress | None = None, device: str | None = None, dtype: str | None = None,
+         max_bytes: int = DEFAULT_MAX_BYTES) -> pd.DataFrame:
     """Load each checkpoint of `run` once (or of `steps`) and apply every measurement that wants it.
+    Each measurement holds at most `max_bytes` of intermediates at once (its memory contract);
+    checkpoints are copied into one model in place, so two sets of weights never coexist.
 
     Returns:
         The tidy rows of all measurements (empty frame when none produced any).
@@ -148,8 +194,7 @@ def walk(run: Run, ms: Sequence[Measurement], ev: EvalSet | None = None, steps: 
         raise ConfigError(f"{run.path} has no checkpoints yet; train it first")
     if ev is None and any(m.needs_eval_set for m in ms):
         raise ConfigError(f"{', '.join(m.name for m in ms if m.needs_eval_set)} need the run's evaluation set")
-    for m in ms:
-        m.start(run, ev, device, dtype)
+    start_all(ms, run, ev, device, dtype, max_bytes)
     model = place(Transformer(run.config.model), device, dtype).eval()
     per_step = run.config.train.batch_size * run.config.model.n_ctx
     rows: list[dict] = []
@@ -157,8 +202,8 @@ def walk(run: Run, ms: Sequence[Measurement], ev: EvalSet | None = None, steps: 
         for i, step in enumerate(steps):
             active = [m for m in ms if m.wants(step, steps)]
             if active:
-                model.load_state_dict(load_weights(run.layout.checkpoint(step)))
-                ctx = Context(run, step, step * per_step, steps, model, ev)
+                load_weights_into(model, run.layout.checkpoint(step))
+                ctx = Context(run, step, step * per_step, steps, model, ev, max_bytes, frozenset(n for m in active for n in m.needs))
                 for m in active:
                     rows += m.measure(ctx)
             if progress is not None:
@@ -185,7 +230,7 @@ def store_rows(run: Run, ms: Sequence[Measurement], table: pd.DataFrame, setting
 
 def measure_run(run: Run, names: Sequence[str], ev: EvalSet | None = None, progress: Progress | None = None,
                 device: str | None = None, dtype: str | None = None, executor: str | None = None, jobs: int = 1,
-                threads: int = 1, options: dict[str, dict] | None = None) -> pd.DataFrame:
+                threads: int = 1, options: dict[str, dict] | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> pd.DataFrame:
     """Walk `run` with the registered measurements `names` and store their rows. Measurements
     that need an evaluation set get the run's stored one (or a fresh one, stored).
 
@@ -193,6 +238,7 @@ def measure_run(run: Run, names: Sequence[str], ev: EvalSet | None = None, progr
         executor: None walks serially; "local", "ray" or "slurm" fans each measurement's
             checkpoints out as tasks (`icl_lab.pipeline.fanout`), `jobs` at once with `threads` each.
         options: name -> keyword arguments of that measurement's constructor.
+        max_bytes: each measurement's working budget (docs/pipeline.md, "Memory contract").
 
     Returns:
         The run's stored table after the merge.
@@ -202,14 +248,14 @@ def measure_run(run: Run, names: Sequence[str], ev: EvalSet | None = None, progr
     if ev is None and any(m.needs_eval_set for m in ms):
         ev = eval_set_for(run, store=True)
     if executor is None:
-        table = walk(run, ms, ev, progress=progress, device=device, dtype=dtype)
+        table = walk(run, ms, ev, progress=progress, device=device, dtype=dtype, max_bytes=max_bytes)
     else:
         from icl_lab.pipeline.fanout import fan_out  # the engines load only when asked for
 
-        for m in ms:
-            m.start(run, ev, device, dtype)  # what `save` needs (e.g. the final model's frequencies)
+        start_all(ms, run, ev, device, dtype, max_bytes)  # what `save` needs (e.g. the final model's frequencies)
         table = pd.concat([fan_out(run, m.name, options.get(m.name), engine=executor, n_jobs=jobs, threads=threads,
-                                   device=device, dtype=dtype, progress=progress) for m in ms], ignore_index=True)
+                                   device=device, dtype=dtype, progress=progress, max_bytes=max_bytes) for m in ms],
+                          ignore_index=True)
     stored = store_rows(run, ms, table, {"eval_set": ev.fingerprint} if ev is not None else None)
     for m in ms:
         m.save(run)

@@ -21,10 +21,11 @@ from icl_lab.engines import map_tasks
 from icl_lab.errors import ConfigError, IclLabError
 from icl_lab.measure.placement import place
 from icl_lab.model.transformer import Transformer
-from icl_lab.pipeline.base import REGISTRY, Context
+from icl_lab.measure.memory import DEFAULT_MAX_BYTES
+from icl_lab.pipeline.base import REGISTRY, Context, start_all
 from icl_lab.pipeline.evalstore import load_eval_set
 from icl_lab.run.rundir import Run, load_run
-from icl_lab.train.checkpoint import load_weights
+from icl_lab.train.checkpoint import load_weights_into
 
 Progress = Callable[[str, int, int], None]  # (run name, checkpoints done, total)
 
@@ -44,25 +45,27 @@ def build(name: str, options: dict[str, Any] | None = None):
 
 
 def checkpoint_task(task: tuple, threads: int = 1) -> list[dict]:
-    """One (run, checkpoint) task: (run path, measurement name, options, step, all steps, device, dtype) -> rows."""
-    path, name, options, step, steps, device, dtype = task
+    """One (run, checkpoint) task: (run path, measurement name, options, step, all steps, device,
+    dtype, working budget in bytes) -> rows."""
+    path, name, options, step, steps, device, dtype, max_bytes = task
     torch.set_num_threads(max(1, threads))
     run = load_run(path)
     m = build(name, options)
     ev = load_eval_set(run) if m.needs_eval_set else None
-    m.start(run, ev, device, dtype)
+    start_all([m], run, ev, device, dtype, max_bytes)
     model = place(Transformer(run.config.model), device, dtype).eval()
-    model.load_state_dict(load_weights(run.layout.checkpoint(step)))
+    load_weights_into(model, run.layout.checkpoint(step))
     per_step = run.config.train.batch_size * run.config.model.n_ctx
     with torch.inference_mode(not m.needs_grad):
-        return m.measure(Context(run, step, step * per_step, list(steps), model, ev))
+        return m.measure(Context(run, step, step * per_step, list(steps), model, ev, max_bytes, frozenset(m.needs)))
 
 
 def fan_out(run: Run, name: str, options: dict[str, Any] | None = None, steps: Sequence[int] | None = None,
             engine: str = "local", n_jobs: int = 1, threads: int = 1, address: str | None = None,
             slurm: dict[str, Any] | None = None, slurm_cluster: str = "slurm", device: str | None = None,
-            dtype: str | None = None, progress: Progress | None = None) -> pd.DataFrame:
-    """Measure `name` at every checkpoint of `run` (or `steps`) as tasks on `engine`.
+            dtype: str | None = None, progress: Progress | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> pd.DataFrame:
+    """Measure `name` at every checkpoint of `run` (or `steps`) as tasks on `engine`, each task
+    holding at most `max_bytes` of intermediates (the memory contract).
 
     Returns:
         The rows, sorted by step as `walk` returns them.
@@ -75,7 +78,7 @@ def fan_out(run: Run, name: str, options: dict[str, Any] | None = None, steps: S
     if not all_steps:
         raise ConfigError(f"{run.path} has no checkpoints yet; train it first")
     todo = [s for s in all_steps if m.wants(s, all_steps)]
-    tasks = [(str(run.path), name, options or {}, s, all_steps, device, dtype) for s in todo]
+    tasks = [(str(run.path), name, options or {}, s, all_steps, device, dtype, max_bytes) for s in todo]
     by_step: dict[int, list[dict]] = {}
     failures: list[str] = []
     for i, result in map_tasks(checkpoint_task, tasks, engine, n_jobs, threads, address=address, slurm=slurm,

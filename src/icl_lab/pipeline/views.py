@@ -14,7 +14,7 @@ from icl_lab.data.oocr import PAD, build_task, token_label
 from icl_lab.data.synthetic import sample_batch
 from icl_lab.data.text import load_tokens, sample_windows
 from icl_lab.io import write_json, write_safetensors
-from icl_lab.measure.composition import composition_baseline, composition_scores
+from icl_lab.measure.composition import BASELINE_SAMPLES, composition_baseline, composition_scores
 from icl_lab.measure.evalset import EVAL_SEED, EvalSet
 from icl_lab.measure.head_scores import attention_patterns, repeated_random_tokens
 from icl_lab.pipeline.base import Context, Measurement, register
@@ -142,6 +142,10 @@ class Composition(Measurement):
 
     def wants(self, step: int, steps: Sequence[int]) -> bool:
         return step == steps[-1]
+
+    def floor_bytes(self, cfg, ev: EvalSet | None, itemsize: int) -> int:
+        """The random circuits of the baseline: 4 factors of [samples, d_model, d_head], float32, and their QR."""
+        return 8 * BASELINE_SAMPLES * cfg.d_model * cfg.d_head * 4
 
     def measure(self, ctx: Context) -> list[dict]:
         if ctx.model.cfg.n_layers >= 2:

@@ -24,7 +24,7 @@ from icl_lab.errors import CheckpointError, ConfigError
 from icl_lab.model.transformer import Transformer
 from icl_lab.pretrained.hf import BUILTINS, _bos, _load, _own_tokenizer, builtin_model, revisions
 from icl_lab.run.rundir import load_run
-from icl_lab.train.checkpoint import load_weights
+from icl_lab.train.checkpoint import load_weights_into
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16, "fp64": torch.float64, "float64": torch.float64}
@@ -55,10 +55,7 @@ def _from_checkpoint(file: Path, step: int | None) -> Transformer:
         raise ConfigError(f"step={step} contradicts the checkpoint file {file.name}; pass the run directory with step=, or no step")
     run = load_run(file.parent.parent)
     model = Transformer(run.config.model)
-    try:
-        model.load_state_dict(load_weights(file))
-    except RuntimeError as e:
-        raise CheckpointError(f"{file.name} does not match its run's config.json ({str(e).splitlines()[0][:100]})") from None
+    load_weights_into(model, file)
     model.tokenizer = run.tokenizer()
     model.bos_id = bos_token(run.config.data, model.tokenizer)
     return model.eval()

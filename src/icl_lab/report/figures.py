@@ -92,8 +92,11 @@ def loss_by_position_figure(runs: list[RunData], n_curves: int = 6) -> go.Figure
     titles = [t for r in runs for t in (f"{r.name}: loss by token index", f"{r.name}: dLoss / d ln(token index)")]
     fig = make_subplots(rows=max(1, len(runs)), cols=2, subplot_titles=titles or None, horizontal_spacing=0.12)
     for row, run in enumerate(runs, start=1):
-        by_pos = _series(run, "loss_by_position")
+        t = run.metrics
+        by_pos = t[t.metric == "loss_by_position"]  # every checkpoint, step 0 too: an imported model has only that one
         steps = sorted(by_pos.step.unique())
+        if not steps:
+            continue
         picks = sorted({steps[int(k)] for k in np.unique(np.round(np.geomspace(1, len(steps), n_curves)) - 1)})
         colors = sample_colorscale("Viridis", list(np.linspace(0, 0.9, len(picks))))
         for c, step in zip(colors, picks):
@@ -128,6 +131,8 @@ def pca_figure(runs: list[RunData]) -> go.Figure:
         ev = group[0][1].summary["pca"]["explained_variance"]
         for i, run in group:
             x, y = _series(run, "pca_1"), _series(run, "pca_2")
+            if x.empty:  # one checkpoint (an imported model): no trajectory to draw
+                continue
             progress = np.log(x.tokens.to_numpy(float))
             progress = (progress - progress.min()) / max(np.ptp(progress), 1e-9)
             pc = run.summary["phase_change"]

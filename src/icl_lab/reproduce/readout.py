@@ -9,6 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from icl_lab.measure.phase import Window, window_overlap
 from icl_lab.report.verdict import induction_heads
 from icl_lab.run.rundir import Run
 
@@ -36,15 +37,15 @@ def phase(run: Run) -> dict:
 
 def overlap_of_shorter(run: Run) -> float:
     """How much of the shorter of the ICL-score and prefix-matching windows the other covers, on a
-    log-token axis (1: one lies inside the other; NaN when no phase change was detected)."""
+    log-token axis (1: one lies inside the other; NaN when either window is missing). The phase
+    record's own `window_overlap` (`icl_lab.measure.phase.window_overlap`), which `detected` reads."""
     pc = phase(run)
-    if not pc["detected"]:
+    if pc.get("window_overlap") is not None:
+        return float(pc["window_overlap"])
+    a, b = pc.get("icl_window"), pc.get("prefix_matching_window")
+    if a is None or b is None:
         return math.nan
-    a, b = pc["icl_window"], pc["prefix_matching_window"]
-    eps = np.log(10) / 1000  # a zero-length window counts as a thousandth of a decade
-    spans = [(np.log(w["start_tokens"]), max(np.log(w["end_tokens"]), np.log(w["start_tokens"]) + eps)) for w in (a, b)]
-    inter = min(e for _, e in spans) - max(s for s, _ in spans)
-    return float(max(0.0, inter) / min(e - s for s, e in spans))
+    return window_overlap(Window(**a), Window(**b))
 
 
 def bump_cover(run: Run) -> float:

@@ -17,7 +17,7 @@ from icl_lab.data.tokenizer import Tokenizer
 from icl_lab.errors import CheckpointError, DataError
 from icl_lab.model.transformer import Transformer
 from icl_lab.run.files import RunFiles
-from icl_lab.train.checkpoint import load_weights
+from icl_lab.train.checkpoint import load_weights_into
 
 
 class Run(RunFiles):
@@ -38,12 +38,9 @@ class Run(RunFiles):
         if step not in steps:
             near = sorted(steps, key=lambda s: abs(s - step))[:3]
             raise CheckpointError(f"no checkpoint at step {step} in {self.path.name}; nearest: {sorted(near)}")
-        model = Transformer(self.config.model)
-        try:
-            model.load_state_dict(load_weights(self.layout.checkpoint(step)))
-        except RuntimeError as e:
-            raise CheckpointError(f"checkpoint step {step} does not match config.json ({str(e).splitlines()[0]}); the run directory was edited") from None
-        return model.to(device).eval()
+        model = Transformer(self.config.model).to(device)
+        load_weights_into(model, self.layout.checkpoint(step))
+        return model.eval()
 
 
 def load_run(path: str | Path) -> Run:

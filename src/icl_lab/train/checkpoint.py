@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -36,13 +37,18 @@ def content_hash(tensors: dict[str, Tensor], metadata: dict[str, str]) -> str:
     """sha256 of a checkpoint's content: every tensor's name, dtype, shape and bytes (by name) and
     the header metadata other than the hash itself. Independent of the file's layout, so the
     header's key order (which safetensors does not fix) cannot change it."""
+    return _digest(metadata, ((name, tensors[name]) for name in sorted(tensors)))
+
+
+def _digest(metadata: dict[str, str], tensors: Iterable[tuple[str, Tensor]]) -> str:
+    """`content_hash` over (name, tensor) pairs given in sorted name order, one at a time."""
     digest = hashlib.sha256()
     meta = {k: v for k, v in metadata.items() if k != HASH_KEY}
     digest.update(json.dumps(meta, sort_keys=True).encode())
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
+    for name, t in tensors:
+        t = t.detach().cpu().contiguous()
         digest.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, not a copy of it
     return digest.hexdigest()
 
 
@@ -86,39 +92,92 @@ def read_checkpoint(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
         CheckpointError: the file is missing or is not an icl-lab checkpoint.
         CorruptFileError: it is truncated, unparseable, or fails its content hash.
     """
+    tensors: dict[str, Tensor] = {}
+    meta = _verify(path, tensors.__setitem__)
+    return meta, tensors
+
+
+def _verify(path: Path, consume: Callable[[str, Tensor], None] = lambda name, t: None,
+            check: Callable[[dict[str, tuple[int, ...]]], None] = lambda shapes: None) -> dict[str, str]:
+    """Read `path` one tensor at a time, checking its format and content hash: `check` sees every
+    tensor's shape first, then `consume(name, tensor)` each tensor in name order (what it does not
+    keep is dropped at once, so the weights of a training checkpoint are read without holding its
+    optimiser state). Raises after the last tensor if the hash does not match. Returns the header."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; list the run's checkpoints with `run.checkpoints`")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            _check_format(path, meta)
+            check({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
+            names = sorted(f.keys())
+
+        def read():
+            for name in names:
+                # one mapping of the file per tensor: the pages read are unmapped with it, so the
+                # resident set never holds the whole file (0.7 GB for SmolLM2) on top of the model
+                with safe_open(str(path), framework="pt") as g:
+                    t = g.get_tensor(name)
+                consume(name, t)
+                yield name, t
+
+        digest = _digest(meta, read())
     except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
         raise _corrupt(path, (str(e).splitlines() or [type(e).__name__])[0][:80]) from None
+    stored = meta.get(HASH_KEY)
+    if stored is not None and stored != digest:
+        raise _corrupt(path, "content hash mismatch")
+    return meta
+
+
+def _check_format(path: Path, meta: dict[str, str]) -> None:
     if meta.get("format") not in FORMATS:
         if HASH_KEY in meta:  # an icl-lab header whose format field was damaged
             raise _corrupt(path, "unknown format in its header")
         raise CheckpointError(f"{path.name} is not an icl-lab checkpoint (format {FORMAT} expected)")
-    stored = meta.get(HASH_KEY)
-    if stored is None and meta["format"] != FORMATS[0]:
+    if meta.get(HASH_KEY) is None and meta["format"] != FORMATS[0]:
         raise _corrupt(path, "its content hash is missing")
-    if stored is not None and stored != content_hash(tensors, meta):
-        raise _corrupt(path, "content hash mismatch")
-    return meta, tensors
 
 
 def checkpoint_problem(path: Path) -> str | None:
     """None if the checkpoint at `path` reads back whole (content hash included), else why not."""
     try:
-        read_checkpoint(path)
+        _verify(path)
     except CheckpointError as e:
         return str(e)
     return None
 
 
 def load_weights(path: Path) -> dict[str, Tensor]:
-    """The model state_dict stored in a checkpoint (its content hash checked first)."""
-    _, tensors = read_checkpoint(path)
-    return {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    """The model state_dict stored in a checkpoint (its content hash checked); the optimiser state
+    is hashed but never held."""
+    tensors: dict[str, Tensor] = {}
+    _verify(path, lambda name, t: tensors.__setitem__(name.removeprefix("model."), t) if name.startswith("model.") else None)
+    return tensors
+
+
+@torch.no_grad()
+def load_weights_into(model: nn.Module, path: Path) -> None:
+    """Copy a checkpoint's weights into `model` in place (into its device and dtype), one tensor at
+    a time, so loading holds the model and one tensor, never a second copy of the weights or the
+    optimiser state. The content hash is checked as the file is read: if it fails, the error is
+    raised after the copy and the model's weights must not be used.
+
+    Raises:
+        CheckpointError: the checkpoint's weights do not fit `model` (missing, extra or misshapen);
+            checked before anything is copied.
+        CorruptFileError: as `read_checkpoint`.
+    """
+    target = model.state_dict()
+
+    def check(shapes: dict[str, tuple[int, ...]]) -> None:
+        weights = {k.removeprefix("model."): v for k, v in shapes.items() if k.startswith("model.")}
+        bad = sorted(set(weights) ^ set(target)) + sorted(k for k in set(weights) & set(target) if weights[k] != tuple(target[k].shape))
+        if bad:
+            raise CheckpointError(f"{path.name} does not fit the model ({', '.join(bad[:3])} missing, extra or misshapen): "
+                                  "the run's config.json was edited, or the model was built from another config")
+
+    _verify(path, lambda name, t: target[name.removeprefix("model.")].copy_(t) if name.startswith("model.") else None, check)
 
 
 def load_train_state(path: Path) -> TrainState:
