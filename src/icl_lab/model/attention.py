@@ -129,6 +129,9 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
         self.hook_result = HookPoint()  # [batch, pos, head, d_model]: each head's z @ W_O, built only when hooked
+        # the explicit masked softmax even without hooks: under torch.compile inductor fuses it, and on
+        # a CPU that beats the fused SDPA kernel at small head widths (docs/benchmarks.md, trainer speed)
+        self.explicit = False
 
     @staticmethod
     def _project(x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
@@ -178,7 +181,7 @@ class Attention(nn.Module):
             if past.k is not None:
                 k, v = torch.cat([past.k, k], dim=2), torch.cat([past.v, v], dim=2)
             past.k, past.v = k, v
-        if self.hook_attn_scores.active or self.hook_pattern.active:
+        if self.explicit or self.hook_attn_scores.active or self.hook_pattern.active:
             z = self._explicit(q, k, v, mask)
         elif mask is None:
             z = F.scaled_dot_product_attention(q, k, v, is_causal=True)

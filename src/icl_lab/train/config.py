@@ -25,7 +25,10 @@ class TrainConfig(FrozenConfig):
         lr: peak learning rate of AdamW.
         warmup_steps: linear warm-up from 0 to `lr`. Induction heads may fail to form with no
             warm-up or too high a learning rate.
-        schedule: after warm-up, "constant" or "cosine" decay to `lr * min_lr_ratio`.
+        schedule: after warm-up, "constant"; "cosine" decay to `lr * min_lr_ratio`; or "wsd"
+            (warm-up, stable, decay): constant, then a linear decay to `lr * min_lr_ratio` over the
+            last `decay_share` of the steps.
+        decay_share: the share of all steps the "wsd" schedule spends decaying, at the end.
         weight_decay: AdamW decay, applied only to parameters with 2+ dimensions.
         grad_clip: max global gradient norm (0 disables clipping).
         n_checkpoints: about this many checkpoints, half log-spaced and half linear in step.
@@ -34,14 +37,18 @@ class TrainConfig(FrozenConfig):
         device: where to train ("auto" picks CUDA when available, else CPU). Not part of the
             experiment: configs that differ only here are the same run (`ExperimentConfig.same_run`),
             so a run started on CPU resumes on a GPU and back.
+        compile: run the loss's forward and backward through `torch.compile` (inductor; needs a C++
+            compiler on CPU). Same maths, fused kernels: faster on long runs after a compile of
+            10-30 s (docs/benchmarks.md). Like `device`, not part of the experiment's identity.
     """
 
     steps: int = Field(ge=1)
     batch_size: int = Field(default=32, ge=1)
     lr: float = Field(default=1e-3, gt=0, le=1)
     warmup_steps: int = Field(default=30, ge=0)
-    schedule: Literal["constant", "cosine"] = "constant"
+    schedule: Literal["constant", "cosine", "wsd"] = "constant"
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    decay_share: float = Field(default=0.2, gt=0, le=1)
     weight_decay: float = Field(default=0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = Field(default=1.0, ge=0)
@@ -49,6 +56,7 @@ class TrainConfig(FrozenConfig):
     log_every: int = Field(default=10, ge=1)
     dtype: Literal["fp32", "bf16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
 
 
 class ExperimentConfig(FrozenConfig):
@@ -91,5 +99,6 @@ class ExperimentConfig(FrozenConfig):
 
     def same_run(self, other: "ExperimentConfig") -> bool:
         """Whether `other` describes the same experiment: equal in everything but `train.device`
-        (where a run trains does not change which run it is)."""
-        return self.replace(train={"device": "auto"}) == other.replace(train={"device": "auto"})
+        and `train.compile` (where and how a run executes does not change which run it is)."""
+        neutral = {"device": "auto", "compile": False}
+        return self.replace(train=neutral) == other.replace(train=neutral)

@@ -16,6 +16,12 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return cfg.lr
+    if cfg.schedule == "wsd":  # stable, then a linear decay over the last decay_share of the steps
+        decay_start = cfg.steps * (1 - cfg.decay_share)
+        if step < decay_start:
+            return cfg.lr
+        done = min(1.0, (step - decay_start) / max(1.0, cfg.steps - decay_start))
+        return cfg.lr * (1 - (1 - cfg.min_lr_ratio) * done)
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))

@@ -174,6 +174,10 @@ def _train(cfg: ExperimentConfig, layout: RunLayout, resume: bool, progress: Pro
     world.check_batch(tc.batch_size)
     model = Transformer(cfg.model, seed=derive_seed(cfg.seed, "init")).to(device)
     loss_fn = world.wrap(TokenLoss(model))  # the loss goes through forward, where DDP arms its gradient sync
+    if tc.compile:  # forward and backward fused by inductor; the first step pays the compile
+        for block in model.blocks:  # a masked softmax inductor can fuse, not the opaque SDPA kernel
+            block.attn.explicit = True
+        loss_fn = compiled(loss_fn)
     optimizer = build_optimizer(model, tc)
     data = open_stream(cfg.data, cfg.model.d_vocab, cfg.model.n_ctx, tc.batch_size, derive_seed(cfg.seed, "data"))
     fingerprint = data.fingerprint(derive_seed(cfg.seed, "data"))
@@ -272,6 +276,17 @@ def _train(cfg: ExperimentConfig, layout: RunLayout, resume: bool, progress: Pro
     if world.is_main:
         write_json(layout.meta, {**meta, "status": "complete"})
     return layout.root
+
+
+def compiled(module: torch.nn.Module) -> torch.nn.Module:
+    """`torch.compile(module)`, or a one-line error when it cannot compile here (no C++ compiler
+    for inductor on CPU, an unsupported platform)."""
+    import shutil
+
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++", "cl")):
+        raise ConfigError("train.compile needs a C++ compiler for torch.compile on this machine; install g++ "
+                          "or train with --no-compile")
+    return torch.compile(module)
 
 
 def _restore(path: Path, model: Transformer, optimizer: torch.optim.Optimizer, data) -> tuple[int, int]:
