@@ -15,6 +15,17 @@ def private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("ICL_LAB_CACHE", str(tmp_path_factory.getbasetemp() / "icl-lab-cache"))
 
 
+def refuse_checkpoints(monkeypatch, message: str = "a checkpoint was loaded") -> None:
+    """Make every checkpoint read fail: all of them go through `icl_lab.train.checkpoint._verify`
+    (weights, training state, hash checks), whatever safetensors call it makes inside."""
+    import icl_lab.train.checkpoint as checkpoint
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(message)
+
+    monkeypatch.setattr(checkpoint, "_verify", refuse)
+
+
 def tiny_config(**over) -> ModelConfig:
     base = dict(n_layers=2, d_model=32, n_heads=2, d_vocab=50, n_ctx=24, d_mlp=0)
     return ModelConfig(**{**base, **over})

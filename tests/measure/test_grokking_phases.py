@@ -59,3 +59,33 @@ def test_no_phases_without_a_circuit():
     ph = find_phases(t)
     assert ph["memorisation"] is None and ph["cleanup"] is None and ph["test_loss_drop"] is None
     assert not ph["restricted_before_test"]
+
+
+def _nanda_like_on(steps: np.ndarray) -> pd.DataFrame:
+    s = lambda c, w: 1 / (1 + np.exp(-(steps - c) / w))  # noqa: E731
+    train = 10 ** (0.7 - 7 * s(500, 120))
+    excluded = 10 ** (0.7 - 7 * s(500, 120) + 6.5 * s(3500, 700))
+    weights = (3000 - 1000 * s(4000, 1000) - 1200 * s(9000, 400)) * np.exp(-steps / 60000)  # weight decay never stops
+    return pd.DataFrame({"step": steps, "train_loss": train, "train_accuracy": s(300, 40), "excluded_loss": excluded,
+                         "restricted_loss": 10 ** (1.2 - 7 * s(6000, 800)), "test_loss": 10 ** (0.7 + 0.8 * s(600, 150) - 8 * s(9000, 400)),
+                         "sum_squared_weights": weights})
+
+
+def test_a_longer_run_does_not_move_the_phases():
+    """Before decision 27 cleanup ended at 90% of the weights' fall *to the end of the run*: with
+    weight decay still at work, twice the steps moved it by thousands of steps."""
+    grid = lambda end: np.unique(np.round(np.concatenate([np.logspace(0, np.log10(end), 80), np.arange(0, end + 1, 125)])).astype(int))  # noqa: E731
+    short, long = find_phases(_nanda_like_on(grid(20000))), find_phases(_nanda_like_on(grid(40000)))
+    for name in ("memorisation", "circuit_formation", "cleanup"):
+        for edge in ("start", "end"):
+            assert abs(short[name][edge] - long[name][edge]) <= 125, (name, edge, short[name], long[name])
+
+
+def test_the_phases_read_no_test_quantity():
+    """Moving only the test loss's drop (a held-out quantity) must not move a phase; the
+    memorisation minimum used to be sought only before the test loss's drop."""
+    t = nanda_like()
+    moved = t.copy()
+    moved["test_loss"] = 10 ** (0.7 - 8 * step_sigmoid(450, 60))  # an (implausibly) early test-loss drop
+    a, b = find_phases(t), find_phases(moved)
+    assert all(a[n] == b[n] for n in ("memorisation", "circuit_formation", "cleanup"))

@@ -2,6 +2,7 @@
 read back without a model; and the viewer's checkpoint choice."""
 
 import numpy as np
+import pytest
 import torch
 
 from icl_lab.measure import attention_patterns
@@ -51,14 +52,10 @@ def test_collect_run_reads_analysis_and_ablation(two):
 
 
 def test_collect_never_loads_a_checkpoint(two, monkeypatch):
-    """The report reads stored files only: loading any safetensors checkpoint would fail here."""
-    import safetensors.torch
+    """The report reads stored files only: loading any checkpoint would fail here."""
+    from tests.conftest import refuse_checkpoints
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("the report loaded a checkpoint")
-
-    monkeypatch.setattr(safetensors.torch, "load_file", refuse)
-    monkeypatch.setattr(safetensors.torch, "load", refuse)
+    refuse_checkpoints(monkeypatch, "the report loaded a checkpoint")
     data = collect_run(open_run_files(two.path))
     assert data.attention is not None and data.summary["induction_ablation"]["removed"] > 0.8
 
@@ -75,3 +72,32 @@ def test_a_boosted_run_says_so_wherever_it_is_described(tmp_path):
     assert "BOOSTED: 100% of training windows" in boosted and "un-boosted validation text" in boosted and "text (code, bpe)" in boosted
     assert "BOOSTED" not in line("natural-2l")
     assert "repeated data" in line("synthetic-2l")
+
+
+def test_the_checkpoint_guard_trips_when_a_checkpoint_is_loaded(two, monkeypatch):
+    """The guard above must be able to fail: loading the run's model (or a training state) under
+    it raises. (The guard it replaces patched `safetensors.torch.load_file`, which no checkpoint
+    read calls: it could not fail.)"""
+    from icl_lab.train.checkpoint import checkpoint_problem, load_train_state
+    from tests.conftest import refuse_checkpoints
+
+    refuse_checkpoints(monkeypatch, "the report loaded a checkpoint")
+    with pytest.raises(AssertionError, match="loaded a checkpoint"):
+        two.model()
+    with pytest.raises(AssertionError, match="loaded a checkpoint"):
+        load_train_state(two.layout.checkpoint(two.checkpoints[-1]))
+    with pytest.raises(AssertionError, match="loaded a checkpoint"):
+        checkpoint_problem(two.layout.checkpoint(0))
+
+
+def test_the_old_guard_could_not_fail(two, monkeypatch):
+    """Patching safetensors' whole-file loaders leaves checkpoint reads working: the reason the
+    guards now patch the checkpoint reader itself."""
+    import safetensors.torch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("load_file called")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", refuse)
+    monkeypatch.setattr(safetensors.torch, "load", refuse)
+    assert two.model() is not None

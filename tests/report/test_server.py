@@ -118,18 +118,12 @@ def test_the_request_never_builds_the_report(server, two):
 def test_an_unanalysed_run_is_served_without_loading_a_checkpoint(server, runs_dir, monkeypatch):
     """A fresh run: the page shows its loss curve and names the command that fills each gap,
     and no checkpoint (or model) is touched to answer."""
-    import safetensors.torch
-
     import icl_lab
+    from tests.conftest import refuse_checkpoints
 
     icl_lab.train(icl_lab.get_preset("synthetic-1l").replace(train={"steps": 20, "warmup_steps": 5, "n_checkpoints": 4}),
                   out=runs_dir / "fresh")
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("serve loaded a checkpoint")
-
-    monkeypatch.setattr(safetensors.torch, "load_file", refuse)
-    monkeypatch.setattr(safetensors.torch, "load", refuse)
+    refuse_checkpoints(monkeypatch, "serve loaded a checkpoint")
     status, page = get(server, "/report/fresh")
     assert status == 200 and "icl-lab report: fresh" in page
     assert f"icl-lab analyze {runs_dir / 'fresh'}" in page and "not analysed yet" in page

@@ -62,3 +62,17 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     assert all(p.exitcode == 0 for p in procs)
     table = MetricsStore(RunLayout(tmp_path)).read()
     assert sorted(table.groupby("metric").size().to_dict().items()) == [("a", 15), ("b", 15)]
+
+
+def test_the_lock_is_reentrant_within_a_process(tmp_path, monkeypatch):
+    """`with store.lock(): store.write(rows)` used to wait for its own lock until the timeout
+    (a second FileLock object per call); a short timeout makes that a failure, not a hang."""
+    import icl_lab.run.store as store_module
+
+    monkeypatch.setattr(store_module, "LOCK_TIMEOUT_S", 2.0)
+    store = MetricsStore(RunLayout(tmp_path))
+    with store.lock():
+        store.write(_rows("a", [0], 1.0))
+        with MetricsStore(RunLayout(tmp_path)).lock():  # another handle on the same run, same process
+            store.write(_rows("b", [0], 2.0))
+    assert sorted(store.read().metric) == ["a", "b"]

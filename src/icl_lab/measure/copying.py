@@ -69,16 +69,34 @@ def rank_shares(
     W_U = model.W_U.detach()
     comp = competitors.to(W_U.device)
     x = _to_logit_space(model, written)
+    return rank_statistics(x, W_U, targets, comp, max_bytes)[0]
+
+
+def rank_statistics(x: Float[Tensor, "head source d_model"], W_U: Tensor, targets: Int[Tensor, "source"], comp: Tensor,
+                    max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[Float[Tensor, "head source"], Float[Tensor, "head source"]]:
+    """(q, margin) of vectors `x` already in logit space: q as `rank_shares`; the margin is the
+    target's logit above the competitors' mean in units of their standard deviation, which keeps
+    growing where q saturates at 1 (two strong copiers can be told apart)."""
     own = torch.einsum("hsd,ds->hs", x, W_U[:, targets])  # [head, source]
     chunk = rows_per_chunk(RANK_TENSORS * x.shape[0] * len(comp) * max(FLOAT, x.element_size()), max_bytes, x.shape[1])
-    out = []
+    q, margin = [], []
     for i in range(0, x.shape[1], chunk):
-        logits = x[:, i : i + chunk] @ W_U[:, comp]  # [head, chunk, |C|]
-        o = own[:, i : i + chunk, None]
-        rival = comp[None, :] != targets[i : i + chunk, None]  # [chunk, |C|]: v != t (not by float equality)
-        wins = (((o > logits) + 0.5 * (o == logits)) * rival).sum(-1)
-        out.append(wins / rival.sum(-1))
-    return torch.cat(out, dim=1)
+        stats = compare_to_competitors(own[:, i : i + chunk], x[:, i : i + chunk] @ W_U[:, comp], targets[i : i + chunk], comp)
+        q.append(stats[0])
+        margin.append(stats[1])
+    return torch.cat(q, dim=1), torch.cat(margin, dim=1)
+
+
+def compare_to_competitors(own: Tensor, logits: Tensor, targets: Tensor, comp: Tensor) -> tuple[Tensor, Tensor]:
+    """For target logits `own` [..., source] and competitor logits [..., source, |C|]: the share of
+    competitors v != target below the target (ties one half), and the target's z-score among them."""
+    rival = (comp[None, :] != targets[:, None]).to(logits.dtype)  # [source, |C|]: v != t (not by float equality)
+    n = rival.sum(-1)
+    o = own[..., None]
+    q = (((o > logits) + 0.5 * (o == logits)) * rival).sum(-1) / n
+    mean = (logits * rival).sum(-1) / n
+    std = ((((logits - mean[..., None]) ** 2) * rival).sum(-1) / n).sqrt()
+    return q, (own - mean) / std.clamp_min(1e-12)
 
 
 def _head_outputs(model: Transformer, layer: int, x: Float[Tensor, "source d_model"]) -> Float[Tensor, "head source d_model"]:
@@ -118,6 +136,20 @@ def copying_scores(
         >>> tokens, seg_len = repeated_random_tokens(model.cfg.d_vocab, model.cfg.n_ctx, n_examples=32)
         >>> copying_scores(model, tokens)   # [layer, head]; +1 for a perfect copier
     """
+    out = copying_statistics(model, tokens, first, max_sources, competitors, seed, max_bytes, null=False)["copying"]
+    return out if per_example else out.mean(0)
+
+
+@torch.inference_mode()
+def copying_statistics(
+    model: Transformer, tokens: Int[Tensor, "batch pos"], first: int = 1, max_sources: int | None = None,
+    competitors: int = COMPETITORS, seed: int = 0, max_bytes: int = DEFAULT_MAX_BYTES, null: bool = True,
+) -> dict[str, Float[Tensor, "batch layer head"]]:
+    """Per sequence, every head's `copying` score (as `copying_scores`), its `margin` (the
+    attended token's z-score among the competitors in what the head writes, averaged over sources;
+    it does not saturate) and, with `null`, the `null` score: `copying` with each source's own
+    token replaced by the token of another source of the same sequence (a fixed derangement), which
+    reads about 0 for any head and so shows how far above chance `copying` is."""
     device = model.W_U.device
     tokens = tokens.to(device)
     batch, n_pos = tokens.shape
@@ -126,24 +158,43 @@ def copying_scores(
     cols = torch.linspace(first, n_pos - 1, per_seq).round().long().unique().to(device)  # [k] source positions
     comp = competitor_set(model.cfg.d_vocab, competitors, seed)
     resid = _resid_at(model, tokens, cols, max_bytes)  # [layer, batch, k, d_model]
-    targets = tokens[:, cols].flatten()  # [batch * k]
-    out = torch.empty(batch, model.cfg.n_layers, model.cfg.n_heads)
+    targets = {"copying": tokens[:, cols].flatten()}  # [batch * k]
+    if null:
+        targets["null"] = tokens[:, cols][:, _other_columns(len(cols), seed).to(device)].flatten()
+    out = {name: torch.empty(batch, model.cfg.n_layers, model.cfg.n_heads) for name in (*targets, "margin")}
+    per_sequence = lambda t: t.view(-1, batch, len(cols)).mean(-1).T.float().cpu()  # noqa: E731  [head, b*k] -> [batch, head]
     for layer, block in enumerate(model.blocks):
         x = block.attn_inputs(resid[layer], None)[2].flatten(0, 1)  # values read the normalised stream
-        q = _layer_rank_shares(model, layer, x, targets, comp, max_bytes)  # [head, batch * k]
-        out[:, layer] = (2 * q - 1).view(-1, batch, len(cols)).mean(-1).T.float().cpu()
-    return out if per_example else out.mean(0)
+        for name, target in targets.items():
+            q, margin = _layer_rank_statistics(model, layer, x, target, comp, max_bytes)  # [head, batch * k]
+            out[name][:, layer] = per_sequence(2 * q - 1)
+            if name == "copying":
+                out["margin"][:, layer] = per_sequence(margin)
+    return out
 
 
-def _layer_rank_shares(model: Transformer, layer: int, x: Tensor, targets: Tensor, comp: Tensor, max_bytes: int) -> Tensor:
-    """`rank_shares` of what every head of `layer` writes from the value inputs x [source, d_model],
-    in source chunks whose written vectors (three [head, chunk, d_model] copies) and competitor
-    logits fit `max_bytes`: [head, source]."""
+def _other_columns(k: int, seed: int) -> Tensor:
+    """For each of k source columns, another column: a fixed random derangement (never itself)."""
+    if k < 2:
+        return torch.zeros(k, dtype=torch.long)
+    cycle = torch.randperm(k, generator=torch.Generator().manual_seed(seed + 2))
+    other = torch.empty(k, dtype=torch.long)
+    other[cycle] = cycle.roll(1)  # each column takes its predecessor along a random cycle
+    return other
+
+
+def _layer_rank_statistics(model: Transformer, layer: int, x: Tensor, targets: Tensor, comp: Tensor,
+                           max_bytes: int) -> tuple[Tensor, Tensor]:
+    """`rank_statistics` of what every head of `layer` writes from the value inputs x [source,
+    d_model], in source chunks whose written vectors (three [head, chunk, d_model] copies) and
+    competitor logits fit `max_bytes`: ([head, source], [head, source])."""
     cfg, size = model.cfg, max(FLOAT, x.element_size())
     per_source = cfg.n_heads * size * (3 * cfg.d_model + RANK_TENSORS * len(comp))
     chunk = rows_per_chunk(per_source, max_bytes, len(x))
-    return torch.cat([rank_shares(model, _head_outputs(model, layer, x[i : i + chunk]), targets[i : i + chunk], comp, max_bytes)
-                      for i in range(0, len(x), chunk)], dim=1)
+    W_U, comp = model.W_U.detach(), comp.to(model.W_U.device)
+    parts = [rank_statistics(_to_logit_space(model, _head_outputs(model, layer, x[i : i + chunk])), W_U, targets[i : i + chunk],
+                             comp, max_bytes) for i in range(0, len(x), chunk)]
+    return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
 
 
 def _resid_at(model: Transformer, tokens: Tensor, cols: Tensor, max_bytes: int) -> Float[Tensor, "layer batch k d_model"]:
@@ -176,7 +227,7 @@ def copying_direct_scores(
     out = torch.empty(model.cfg.n_layers, model.cfg.n_heads)
     for layer, block in enumerate(model.blocks):
         x = block.attn_inputs(embed[None], None)[2][0]
-        out[layer] = (2 * _layer_rank_shares(model, layer, x, sources, comp, max_bytes) - 1).mean(-1).float().cpu()
+        out[layer] = (2 * _layer_rank_statistics(model, layer, x, sources, comp, max_bytes)[0] - 1).mean(-1).float().cpu()
     return out
 
 

@@ -10,16 +10,20 @@ All rules work on log10 of the losses against checkpoints, with the project's pe
 - a loss *drop* runs from its peak to its final value; its start, middle and end are the first
   persistent crossings of 10%, 50% and 90% of that fall (in decades) after the peak. Only a fall of
   at least `MIN_DROP` decades counts.
-- memorisation ends where the excluded loss is lowest before it rises (at least `MIN_RISE`
-  decades) toward its plateau, or, if later, where the training set is memorised (train accuracy
+- memorisation ends where the excluded loss is lowest before it first rises `MIN_RISE` decades
+  above its running minimum, or, if later, where the training set is memorised (train accuracy
   >= 99%: in some seeds the final circuit already carries part of the fit, so the excluded loss
-  turns up before memorisation is done); circuit formation ends where the excluded loss has made 90% of its rise
-  (persistently); cleanup ends where the total sum of squared weights has made 90% of its fall
-  from there to the end of the run.
+  turns up before memorisation is done);
+- cleanup is where the weights are cleaned up fastest: the fall rate of log(sum of squared weights)
+  per step, after memorisation, is at least half its peak (from the last checkpoint below half
+  before the peak to the first persistent one after it);
+- circuit formation runs from the end of memorisation to where the excluded loss has made 90% of
+  its rise (persistently), the rise measured up to the start of that fast fall; cleanup starts there.
 
-The phases come from the excluded loss and the weights alone, so where the test loss's drop falls
-among them, and whether the restricted loss starts falling before it (the paper's central claim),
-are findings rather than definitions.
+Every rule reads training-side quantities only (train accuracy, the excluded loss on the training
+pairs, the weights) and none reads the end of the run (decision 27), so a longer run does not move
+the phases, and where the test loss's drop falls among them, and whether the restricted loss starts
+falling before it (the paper's central claim), are findings rather than definitions.
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ from icl_lab.measure.phase import persistent_crossing
 MIN_DROP = 1.0  # decades a loss must fall to count as a drop
 MIN_RISE = 0.5  # decades the excluded loss must rise for circuit formation to count
 MEMORISED = 0.99  # train accuracy at which the training set counts as memorised
+RATE_SHARE = 0.5  # cleanup: where the weights' fall rate is at least this share of its peak
 RULE = ("losses on log10; a drop runs from the loss's peak to its final value (start/mid/end: first persistent 10%/50%/90% "
-        f"crossings, at least {MIN_DROP:g} decade); memorisation ends where the excluded loss is lowest before rising "
-        f"(>= {MIN_RISE:g} decade) or, if later, at train accuracy >= 99%; circuit formation ends when that rise is 90% done; cleanup ends when the sum of squared "
-        "weights has made 90% of its fall from there to the end; the restricted loss falls before the test loss when its "
-        "drop starts first")
+        f"crossings, at least {MIN_DROP:g} decade); memorisation ends where the excluded loss is lowest before it first rises "
+        f"{MIN_RISE:g} decade or, if later, at train accuracy >= 99%; cleanup is where the fall rate of log(sum of squared "
+        f"weights) is at least {RATE_SHARE:g} of its peak; circuit formation ends when the excluded loss's rise up to the "
+        "cleanup is 90% done; the restricted loss falls before the test loss when its drop starts first")
 
 
 def _log(values: np.ndarray) -> np.ndarray:
@@ -79,25 +84,59 @@ def find_phases(wide: pd.DataFrame) -> dict:
     steps = wide.step.to_numpy()
     test = drop(steps, wide.test_loss.to_numpy())
     restricted = drop(steps, wide.restricted_loss.to_numpy())
-    excluded = _log(wide.excluded_loss.to_numpy())
-    before = np.searchsorted(steps, test["start"], side="right") if test else len(steps)
-    phases: dict = {"memorisation": None, "circuit_formation": None, "cleanup": None}
-    low = int(np.argmin(excluded[:before])) if before > 0 else 0
-    rise = excluded[low:].max() - excluded[low]
-    if rise >= MIN_RISE:
-        top = low + int(np.argmax(excluded[low:]))
-        at = low + persistent_crossing((excluded[low : top + 1] - excluded[low]) / rise, 0.9)
-        memorised = persistent_crossing(wide.train_accuracy.to_numpy(), MEMORISED) if "train_accuracy" in wide else 0
-        t1, t2 = int(steps[min(max(low, memorised), at)]), int(steps[at])
-        phases["memorisation"] = {"start": int(steps[0]), "end": t1}
-        phases["circuit_formation"] = {"start": t1, "end": t2}
-        w = wide.sum_squared_weights.to_numpy()[at:]
-        k = max(1, min(3, len(w) // 10))
-        fall = w[0] - np.median(w[-k:])
-        t3 = int(steps[at + persistent_crossing((w[0] - w) / fall, 0.9)]) if fall > 0 else int(steps[-1])
-        phases["cleanup"] = {"start": t2, "end": t3}
+    phases: dict = {"memorisation": None, "circuit_formation": None, "cleanup": None, **_training_phases(wide)}
     for name, d in (("test_loss_drop", test), ("restricted_loss_drop", restricted)):
         phases[name] = None if d is None else {**d, "phase_start": _phase_of(d["start"], phases), "phase_end": _phase_of(d["end"], phases)}
     phases["restricted_before_test"] = bool(test and restricted and restricted["start"] < test["start"])
     phases["rule"] = RULE
     return phases
+
+
+def _training_phases(wide: pd.DataFrame) -> dict:
+    """Memorisation, circuit formation and cleanup from the train accuracy, the excluded loss and
+    the weights ({} when the excluded loss never rises or the weights never fall)."""
+    steps, excluded = wide.step.to_numpy(), _log(wide.excluded_loss.to_numpy())
+    low = _minimum_before_rise(excluded)
+    if low is None:
+        return {}
+    memorised = persistent_crossing(wide.train_accuracy.to_numpy(), MEMORISED) if "train_accuracy" in wide else 0
+    end_mem = max(low, memorised)
+    fast = _fastest_fall(steps, np.log(wide.sum_squared_weights.to_numpy().astype(float)), end_mem)
+    if fast is None:
+        return {}
+    top = end_mem + int(np.argmax(excluded[end_mem : fast[0] + 1]))
+    rise = excluded[top] - excluded[low]
+    if rise < MIN_RISE:
+        return {}
+    formed = low + persistent_crossing((excluded[low : top + 1] - excluded[low]) / rise, 0.9)
+    t1, t2 = int(steps[min(end_mem, formed)]), int(steps[max(formed, end_mem)])
+    return {"memorisation": {"start": int(steps[0]), "end": t1}, "circuit_formation": {"start": t1, "end": t2},
+            "cleanup": {"start": t2, "end": int(steps[max(fast[1], max(formed, end_mem))])}}
+
+
+def _minimum_before_rise(y: np.ndarray) -> int | None:
+    """The index of the running minimum at the first checkpoint MIN_RISE above it (None if never)."""
+    low = 0
+    for i in range(len(y)):
+        if y[i] < y[low]:
+            low = i
+        elif y[i] - y[low] >= MIN_RISE:
+            return low
+    return None
+
+
+def _fastest_fall(steps: np.ndarray, log_w: np.ndarray, after: int) -> tuple[int, int] | None:
+    """(start, end) indices of the stretch after `after` where log_w falls at least RATE_SHARE of
+    its fastest rate per step (central differences), or None if it never falls."""
+    rate = -np.gradient(log_w, steps.astype(float))
+    rate[: after + 1] = -np.inf
+    peak = int(np.argmax(rate))
+    if not np.isfinite(rate[peak]) or rate[peak] <= 0:
+        return None
+    level = RATE_SHARE * rate[peak]
+    start = peak
+    while start > after + 1 and rate[start - 1] >= level:
+        start -= 1
+    below = rate[peak:] < level
+    end = peak + persistent_crossing(below.astype(float), 1.0) if below.any() else len(rate) - 1
+    return start, end

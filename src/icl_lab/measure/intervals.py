@@ -32,9 +32,13 @@ def resample_weights(n: int, n_resamples: int = N_RESAMPLES, seed: int = SEED) -
 
 
 def resampled_means(per_example: Tensor) -> Tensor:
-    """[resample, ...] means of `per_example [example, ...]` under the shared resampling weights."""
+    """[resample, ...] means of `per_example [example, ...]` under the shared resampling weights,
+    over the examples that have a value: a NaN example is left out of each mean (the weights are
+    renormalised over the others), never counted as 0; a feature with no value stays NaN."""
     x = per_example.double().flatten(1) if per_example.ndim > 1 else per_example.double()[:, None]
-    means = resample_weights(len(per_example)) @ x.nan_to_num()  # [resample, features]
+    weights = resample_weights(len(per_example))
+    present = (~x.isnan()).double()
+    means = (weights @ x.nan_to_num()) / (weights @ present)  # [resample, features]
     return means.view(-1, *per_example.shape[1:])
 
 

@@ -26,7 +26,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -56,7 +56,8 @@ class SGLDSettings(FrozenConfig):
 
     Attributes:
         lr: SGLD step size ε.
-        nbeta: inverse temperature nβ; None: n / log n, n the predicted tokens in one SGLD batch.
+        nbeta: inverse temperature nβ; None: n / log n, n the predicted tokens in one SGLD batch;
+            "sequences": devinterp's default, n / log n with n the sequences in one batch.
         gamma: localisation strength γ (the pull back to the checkpoint's weights).
         chains, draws, burnin: chains, draws per chain, and steps dropped at each chain's start.
         batch_size: sequences per SGLD step.
@@ -64,7 +65,7 @@ class SGLDSettings(FrozenConfig):
     """
 
     lr: float = Field(1e-4, gt=0)
-    nbeta: float | None = Field(None, gt=0)
+    nbeta: float | Literal["sequences"] | None = None
     gamma: float = Field(1000.0, ge=0)
     chains: int = Field(4, ge=1)
     draws: int = Field(200, ge=4)
@@ -74,7 +75,12 @@ class SGLDSettings(FrozenConfig):
 
     def resolved_nbeta(self, n_pos: int) -> float:
         """nβ for sequences of `n_pos` tokens: the setting, or n / log n for the batch's n predicted tokens."""
+        if self.nbeta == "sequences":  # devinterp's `default_nbeta`: per sequence, not per token
+            n = self.batch_size
+            return n / math.log(n) if n > 1 else 1.0
         if self.nbeta is not None:
+            if self.nbeta <= 0:
+                raise ConfigError(f"nbeta must be positive, got {self.nbeta}")
             return float(self.nbeta)
         n = self.batch_size * max(1, n_pos - 1)
         return n / math.log(n) if n > 1 else 1.0

@@ -21,7 +21,10 @@ import torch
 
 from icl_lab.measure.llc import SGLDSettings, llc
 
-GRID = {"lr": (3e-5, 1e-4, 3e-4, 1e-3), "gamma": (100.0, 1000.0), "nbeta": (None, 30.0)}
+# nβ: per predicted token (the theory's n / log n), per sequence (devinterp's default) and a fixed 30;
+# γ from weak to strong; ε over two decades (issue #27: the settings must survive a second look)
+GRID = {"lr": (3e-5, 1e-4, 3e-4, 1e-3), "gamma": (100.0, 300.0, 1000.0, 3000.0), "nbeta": (None, "sequences", 30.0)}
+CALIBRATION_BURNIN = 40  # steps dropped at each calibration chain's start (the base settings' own burn-in if larger)
 CALIBRATION_CHAINS = 2
 
 Progress = Callable[[int, int], None]  # (grid points x checkpoints done, total)
@@ -46,7 +49,8 @@ class Calibration:
 
     def to_json(self) -> dict:
         return {"chosen": self.chosen.model_dump(), "healthy": self.healthy, "steps": self.steps, "grid": self.rows,
-                "rule": "healthy at every step; prefer nbeta=n/log n, then the smallest gamma, then the largest lr"}
+                "rule": "healthy at every step; prefer nbeta = n/log n per token, then per sequence, then fixed; "
+                        "then the smallest gamma, then the largest lr; burn-in " + str(CALIBRATION_BURNIN)}
 
 
 def calibration_steps(steps: Sequence[int], k: int = 3) -> list[int]:
@@ -76,7 +80,8 @@ def calibrate(models: dict[int, torch.nn.Module], tokens: torch.Tensor, base: SG
     points = list(product(grid["nbeta"], grid["gamma"], grid["lr"]))
     rows, total = [], len(points) * len(models)
     for i, (nbeta, gamma, lr) in enumerate(points):
-        s = base.replace(lr=lr, gamma=gamma, nbeta=nbeta, chains=min(base.chains, CALIBRATION_CHAINS))
+        s = base.replace(lr=lr, gamma=gamma, nbeta=nbeta, chains=min(base.chains, CALIBRATION_CHAINS),
+                         burnin=max(base.burnin, CALIBRATION_BURNIN))
         for j, (step, model) in enumerate(sorted(models.items())):
             est = llc(model, tokens, s)
             h = est.health()
@@ -85,7 +90,8 @@ def calibrate(models: dict[int, torch.nn.Module], tokens: torch.Tensor, base: SG
             if progress is not None:
                 progress(i * len(models) + j + 1, total)
     chosen, healthy = choose(rows)
-    return Calibration(base.replace(lr=chosen["lr"], gamma=chosen["gamma"], nbeta=chosen["nbeta_setting"]),
+    return Calibration(base.replace(lr=chosen["lr"], gamma=chosen["gamma"], nbeta=chosen["nbeta_setting"],
+                                    burnin=max(base.burnin, CALIBRATION_BURNIN)),
                        healthy, sorted(models), rows)
 
 
@@ -97,7 +103,8 @@ def choose(rows: list[dict]) -> tuple[dict, bool]:
 
     def preference(key: tuple) -> tuple:
         nbeta, gamma, lr = key
-        return (nbeta is not None, nbeta or 0.0, gamma, -lr)
+        kind = 0 if nbeta is None else 1 if nbeta == "sequences" else 2  # per token, per sequence, a fixed value
+        return (kind, float(nbeta) if kind == 2 else 0.0, gamma, -lr)
 
     healthy = [k for k, rs in points.items() if all(r["ok"] for r in rs)]
     if healthy:

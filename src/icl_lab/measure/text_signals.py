@@ -27,7 +27,7 @@ from icl_lab.data.text import sample_windows
 from icl_lab.measure.copying import copying_scores
 from icl_lab.measure.evalset import rare_and_common_tokens
 from icl_lab.measure.head_scores import prefix_matching_scores, previous_token_scores, repeated_random_tokens
-from icl_lab.measure.induction import INDUCTION_THRESHOLDS
+from icl_lab.measure.induction import induction_heads
 from icl_lab.measure.losses import icl_score, loss_by_token, per_token_losses
 from icl_lab.measure.memory import DEFAULT_MAX_BYTES
 from icl_lab.model.transformer import Transformer
@@ -95,8 +95,9 @@ def text_signals(model: Transformer, probe: TextProbe) -> dict:
     prev_random = previous_token_scores(model, probe.repeated)
     first, second = (float(x.mean()) for x in passage_losses(model, probe.passages, probe.passage_len, probe.first))
     icl = icl_score(loss_by_token(per_token_losses(model, probe.windows)))
-    thr_pm, thr_copy = INDUCTION_THRESHOLDS["prefix_matching"], INDUCTION_THRESHOLDS["copying"]
-    ind = ((pm > thr_pm) & (copy > thr_copy)).nonzero().tolist()
+    ind = [[layer, head] for layer, head in induction_heads(
+        {"layer": layer, "head": head, "prefix_matching": float(pm[layer, head]), "copying": float(copy[layer, head])}
+        for layer in range(pm.shape[0]) for head in range(pm.shape[1]))]
     return {
         "prefix_matching": pm.tolist(), "copying": copy.tolist(),
         "prev_token_text": prev_text.tolist(), "prev_token_random": prev_random.tolist(),

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from icl_lab.errors import ConfigError
 from icl_lab.measure.evalset import make_eval_set
 from icl_lab.measure.losses import per_token_losses
 from icl_lab.measure.pca import joint_pca
@@ -20,13 +21,22 @@ from icl_lab.train.checkpoint import load_weights_into
 
 @torch.inference_mode()
 def loss_trajectories(runs: Sequence[Run], n_examples: int = 256) -> tuple[pd.DataFrame, np.ndarray]:
-    """Every checkpoint of `runs` (one vocabulary and context) projected on the top two principal
-    components of their per-token-loss vectors, on the first run's fixed evaluation set.
+    """Every checkpoint of `runs` projected on the top two principal components of their
+    per-token-loss vectors, on the evaluation set they share (one PCA space needs one set of
+    tokens; each run's set comes from its own data, so the order of `runs` does not matter).
 
     Returns:
         A DataFrame with run, step, tokens, pca_1 and pca_2; and the explained-variance ratios [2].
+
+    Raises:
+        ConfigError: runs whose data give different evaluation sets (no shared space exists).
     """
-    ev = make_eval_set(runs[0], n_examples)
+    sets = {run.path.name: make_eval_set(run, n_examples) for run in runs}
+    ev = sets[runs[0].path.name]
+    differ = [name for name, s in sets.items() if s.fingerprint != ev.fingerprint]
+    if differ:
+        raise ConfigError(f"{', '.join(differ)} evaluate on other data than {runs[0].path.name}, so their per-token losses "
+                          "share no PCA space; compare runs trained on the same data")
     keys, vectors = [], []
     for run in runs:
         model = Transformer(run.config.model)

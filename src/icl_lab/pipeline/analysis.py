@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from icl_lab.measure.circuits import ov_eigen_positivity
-from icl_lab.measure.copying import copying_direct_scores, copying_olsson_scores, copying_scores, default_sources
+from icl_lab.measure.copying import copying_direct_scores, copying_olsson_scores, copying_statistics, default_sources
+from icl_lab.measure.copying_total import copying_total_statistics
 from icl_lab.measure.evalset import EVAL_SEED, EvalSet
 from icl_lab.measure.head_scores import (
     duplicate_token_mask,
@@ -134,17 +135,19 @@ class RepeatedPassage(Measurement):
 class HeadScore(Measurement):
     """A per-head score, stored with its random-init baseline and (when averaged over examples) a
     95% bootstrap interval. Subclasses define `score(model, ev, max_bytes)`: [example, layer, head]
-    or, for weights-only scores, [layer, head]. The baseline model is shared by every head score's
-    `start` and released before the checkpoints load (`shared_at_start`); it sees the first
-    BASELINE_TEXT_EXAMPLES evaluation windows (the random sequences in full)."""
+    or, for weights-only scores, [layer, head]; or a dict of such tensors, whose "" entry is the
+    score and whose other entries are stored beside it as `name.key` rows (a null, a margin). The
+    baseline model is shared by every head score's `start` and released before the checkpoints load
+    (`shared_at_start`); it sees the first BASELINE_TEXT_EXAMPLES evaluation windows (the random
+    sequences in full)."""
 
-    score: Callable[[Transformer, EvalSet, int], torch.Tensor]
+    score: Callable[[Transformer, EvalSet, int], torch.Tensor | dict[str, torch.Tensor]]
 
     def start(self, run: Run, ev: EvalSet | None, device: str | None, dtype: str | None) -> None:
         key = (run.config.model.model_dump_json(), device, dtype)
         model = shared_at_start(key, lambda: place(Transformer(run.config.model, seed=EVAL_SEED), device, dtype).eval())
         with torch.inference_mode():
-            base = self.score(model, replace(ev, tokens=ev.tokens[:BASELINE_TEXT_EXAMPLES]), self.max_bytes)
+            base = _main(self.score(model, replace(ev, tokens=ev.tokens[:BASELINE_TEXT_EXAMPLES]), self.max_bytes))
         self.baseline = base.mean(0) if base.ndim == 3 else base  # [layer, head]
         self.samples: dict[int, torch.Tensor] = {}  # step -> [example, layer, head], kept for prefix matching only
 
@@ -161,18 +164,28 @@ class HeadScore(Measurement):
         return floor
 
     def measure(self, ctx: Context) -> list[dict]:
-        per = ctx.need(self.needs[0]) if self.needs else self.score(ctx.model, ctx.ev, ctx.max_bytes)
+        scores = ctx.need(self.needs[0]) if self.needs else self.score(ctx.model, ctx.ev, ctx.max_bytes)
+        parts = scores if isinstance(scores, dict) else {"": scores}
         if self.name == "prefix_matching":  # the phase window's bootstrap resamples its examples
-            self.samples[ctx.step] = per
-        values = per.mean(0) if per.ndim == 3 else per
-        lo, hi = mean_interval(per) if per.ndim == 3 else (np.full(values.shape, np.nan),) * 2
-        return [ctx.row(self.name, float(v), layer=layer, head=head, baseline=float(self.baseline[layer, head]),
-                        lo=float(lo[layer, head]), hi=float(hi[layer, head]))
-                for (layer, head), v in np.ndenumerate(values.float().cpu().numpy())]
+            self.samples[ctx.step] = parts[""]
+        rows = []
+        for key, per in parts.items():
+            values = per.mean(0) if per.ndim == 3 else per
+            lo, hi = mean_interval(per) if per.ndim == 3 else (np.full(values.shape, np.nan),) * 2
+            metric = f"{self.name}.{key}" if key else self.name
+            rows += [ctx.row(metric, float(v), layer=layer, head=head, lo=float(lo[layer, head]), hi=float(hi[layer, head]),
+                             **({} if key else {"baseline": float(self.baseline[layer, head])}))
+                     for (layer, head), v in np.ndenumerate(values.float().cpu().numpy())]
+        return rows
+
+
+def _main(scores: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+    return scores[""] if isinstance(scores, dict) else scores
 
 
 def _head_score(metric: str, text: str, fn: Callable[[Transformer, EvalSet, int], torch.Tensor]) -> type[HeadScore]:
-    needs = ("previous_token_scores",) if metric == "previous_token" else ()  # read from the evaluation pass
+    # read from a shared pass: the evaluation windows' one forward, and prefix matching (copying_total picks heads by it)
+    needs = {"previous_token": ("previous_token_scores",), "prefix_matching": ("prefix_matching_scores",)}.get(metric, ())
     cls = type(f"HeadScore_{metric}", (HeadScore,), {"name": metric, "description": text, "score": staticmethod(fn), "needs": needs})
     return register(cls)
 
@@ -187,6 +200,11 @@ def _duplicate(model: Transformer, ev: EvalSet, max_bytes: int) -> torch.Tensor:
     return masked_pattern_scores(model, ev.repeated, mask, max_bytes, per_example=True)
 
 
+def _copying(model: Transformer, ev: EvalSet, max_bytes: int) -> dict[str, torch.Tensor]:
+    stats = copying_statistics(model, ev.repeated, first=ev.first, max_bytes=max_bytes)
+    return {"": stats["copying"], "null": stats["null"], "margin": stats["margin"]}
+
+
 def _previous(model: Transformer, ev: EvalSet, max_bytes: int) -> torch.Tensor:
     tokens = ev.tokens[:PREVIOUS_TOKEN_EXAMPLES]
     return masked_pattern_scores(model, tokens, previous_token_mask(tokens.shape[1]), max_bytes, per_example=True)
@@ -196,8 +214,8 @@ HEAD_SCORES = {
     "prefix_matching": ("attention to the token after an earlier copy of the current one, on repeated random tokens", _prefix),
     "previous_token": ("attention to the previous token, on the evaluation set", _previous),
     "duplicate_token": ("attention to earlier copies of the current token, on repeated random tokens", _duplicate),
-    "copying": ("signed rank share of the attended token in what the head writes (docs/analysis.md)",
-                lambda model, ev, b: copying_scores(model, ev.repeated, first=ev.first, per_example=True, max_bytes=b)),
+    "copying": ("signed rank share of the attended token in what the head writes (docs/analysis.md); .null, .margin beside it",
+                lambda model, ev, b: _copying(model, ev, b)),
     "copying_direct": ("the copying score from the token embedding alone (weights only)",
                        lambda model, ev, b: copying_direct_scores(model, max_bytes=b)),
     "copying_olsson": ("the paper's 25-token copying recipe",
@@ -209,5 +227,40 @@ HEAD_METRICS = tuple(HEAD_SCORES)
 for _metric, (_text, _fn) in HEAD_SCORES.items():
     _head_score(_metric, _text, _fn)
 
+PROVIDERS["prefix_matching_scores"] = lambda ctx, wanted: {"prefix_matching_scores": _prefix(ctx.model, ctx.ev, ctx.max_bytes)}
+COPYING_TOTAL_MIN_PM = 0.3  # heads below this prefix matching cannot pass the rule: copying_total skips them (decision 26)
+
+
+@register
+class CopyingTotal(Measurement):
+    """`copying_total` (icl_lab.measure.copying_total) of every head whose prefix matching at this
+    checkpoint exceeds COPYING_TOTAL_MIN_PM, with its null and margin beside it; other heads get no
+    row (the summary reads NaN)."""
+
+    name, description = "copying_total", "copying through every later layer (path patching), heads with prefix matching > 0.3"
+    needs = ("prefix_matching_scores",)
+
+    def measure(self, ctx: Context) -> list[dict]:
+        pm = ctx.need("prefix_matching_scores").mean(0)  # [layer, head]
+        heads = [(int(l), int(h)) for l, h in (pm > COPYING_TOTAL_MIN_PM).nonzero().tolist()]
+        if not heads:
+            return []
+        ev = ctx.ev
+        stats = copying_total_statistics(ctx.model, ev.repeated, ev.seg_len, heads, first=ev.first, max_bytes=ctx.max_bytes)
+        rows = []
+        for key, metric in (("copying_total", self.name), ("null", f"{self.name}.null"), ("margin", f"{self.name}.margin")):
+            lo, hi = mean_interval(stats[key])
+            rows += [ctx.row(metric, float(stats[key][:, i].mean()), layer=l, head=h, lo=float(lo[i]), hi=float(hi[i]))
+                     for i, (l, h) in enumerate(heads)]
+        return rows
+
+    def floor_bytes(self, cfg: ModelConfig, ev: EvalSet | None, itemsize: int) -> int:
+        """The residual entering each scored layer and a forward row with patterns, per sequence."""
+        if ev is None:
+            return 0
+        n_pos = ev.repeated.shape[1]
+        return 2 * (cfg.n_layers * n_pos * cfg.d_model * itemsize + forward_row_bytes(cfg, n_pos, itemsize, logits=False, patterns=True))
+
+
 # What `analyze` measures by default, in order; the viewer and composition are added by analyze.
-ANALYSIS = ("loss", "icl_score", "loss_by_position", "per_token_loss", "repeated_passage", *HEAD_METRICS)
+ANALYSIS = ("loss", "icl_score", "loss_by_position", "per_token_loss", "repeated_passage", *HEAD_METRICS, "copying_total")

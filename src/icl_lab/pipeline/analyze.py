@@ -42,6 +42,7 @@ MIN_PHASE_CHECKPOINTS = 4
 GROUP_ABLATION_MACS = 5e12  # the group ablation's multiply-adds before it uses fewer windows (decision 24): ~1 min on 2 cores
 GROUP_ABLATION_MIN_EXAMPLES = 64
 SUMMARY_METRICS = ("loss", "icl_score", *HEAD_METRICS)  # what summary.json is built from
+BESIDE = ("copying.null", "copying.margin", "copying_total", "copying_total.null", "copying_total.margin")  # in a head's record when measured
 
 
 def _phase(run: Run, table: pd.DataFrame, ms: Sequence[Measurement] = ()) -> dict:
@@ -114,12 +115,15 @@ def group_ablation_examples(cfg, shape: tuple[int, int], first_layer: int) -> in
 
 def _summary(run: Run, table: pd.DataFrame, ev: EvalSet, ms: Sequence[Measurement] = ()) -> dict:
     icl = table[table.metric == "icl_score"].sort_values("step")
-    final = table[(table.step == table.step.max()) & table.metric.isin(HEAD_METRICS)]
+    last = table.step.max()
+    final = table[(table.step == last) & table.metric.isin(HEAD_METRICS + BESIDE)]
     head_records = []
     for (layer, head), g in final.groupby(["layer", "head"]):
         g = g.set_index("metric")
-        head_records.append({"layer": int(layer), "head": int(head), **{m: float(g.value[m]) for m in HEAD_METRICS},
-                             "ci": {m: [float(g.lo[m]), float(g.hi[m])] for m in HEAD_METRICS if not np.isnan(g.lo[m])}})
+        value = lambda m: float(g.value[m]) if m in g.index else float("nan")  # noqa: E731  copying_total: candidates only
+        head_records.append({"layer": int(layer), "head": int(head), **{m: value(m) for m in HEAD_METRICS + BESIDE},
+                             "ci": {m: [float(g.lo[m]), float(g.hi[m])] for m in HEAD_METRICS + BESIDE
+                                    if m in g.index and not np.isnan(g.lo[m])}})
     early, late = icl_positions(eval_context(run))
     last = icl.iloc[-1]
     return {
@@ -133,7 +137,8 @@ def _summary(run: Run, table: pd.DataFrame, ev: EvalSet, ms: Sequence[Measuremen
         "induction_rule": {"rule": induction_rule(), "thresholds": INDUCTION_THRESHOLDS},
         "provenance": {"versions": library_versions(), "analysis_version": ANALYSIS_VERSION,
                        "eval_set": ev.fingerprint, "eval_seed": EVAL_SEED, "bos": ev.bos,
-                       "tokenizer": run.meta.get("tokenizer_fingerprint")},
+                       "tokenizer": run.meta.get("tokenizer_fingerprint"),
+                       **({"model": run.meta["model_description"]} if run.meta.get("model_description") else {})},
     }
 
 

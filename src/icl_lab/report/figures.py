@@ -174,7 +174,7 @@ def composition_figure(runs: list[RunData]) -> go.Figure:
                 hovertemplate="%{text}<extra></extra>", row=1, col=col)
             shown_modes.add(m)
         heads = sorted({tuple(e["source"]) for e in comp["edges"]} | {tuple(e["target"]) for e in comp["edges"]})
-        ind = {(h["layer"], h["head"]) for h in (run.summary or {}).get("heads", []) if h["prefix_matching"] > 0.5}
+        ind = {(h["layer"], h["head"]) for h in (run.summary or {}).get("induction_heads", [])}  # the rule's heads, as the verdict
         fig.add_scatter(x=[l for l, _ in heads], y=[h for _, h in heads], mode="markers+text", showlegend=False,
                         text=[f"L{l}H{h}" for l, h in heads], textposition="top center",
                         marker=dict(size=22, color=["#ff7f0e" if h in ind else "#cccccc" for h in heads],
@@ -183,5 +183,5 @@ def composition_figure(runs: list[RunData]) -> go.Figure:
         fig.update_xaxes(title="layer", dtick=1, row=1, col=col)
         fig.update_yaxes(title="head", dtick=1, row=1, col=col)
     fig.update_layout(title=f"Composition graph (edges: score >= random mean + {runs[0].composition['edge_z'] if runs else 2:g} std; "
-                            "orange: prefix matching > 0.5)", height=420, **LAYOUT)
+                            "orange: induction heads by the rule)", height=420, **LAYOUT)
     return fig

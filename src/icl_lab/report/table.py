@@ -21,6 +21,8 @@ COLUMNS = {
     "prefix_matching": ("prefix matching", "coloraxis"),
     "previous_token": ("previous token", "coloraxis"),
     "copying": ("copying", "coloraxis2"),
+    "copying.null": ("copying null (another token)", "coloraxis2"),
+    "copying_total": ("copying through the model", "coloraxis2"),
     "ov_eigen_positivity": ("OV eigenvalue positivity", "coloraxis2"),
     ATTRIBUTION: ("share of ICL removed by ablation", "coloraxis3"),
     "llc.head": ("per-head LLC", "coloraxis4"),  # `icl-lab llc --heads`
@@ -108,7 +110,7 @@ def final_table_html(run: RunData) -> str:
     rows = []
     for h in run.summary["heads"]:
         key = (h["layer"], h["head"])
-        cells = "".join(_cell(h[m], *RANGES[COLUMNS[m][1]], ci=h.get("ci", {}).get(m)) for m in head_cols)
+        cells = "".join(_cell(h.get(m), *RANGES[COLUMNS[m][1]], ci=h.get("ci", {}).get(m)) for m in head_cols)
         cells += _cell(*removed.get(key, (None, None))[:1], *RANGES["coloraxis3"], ci=removed.get(key, (None, None))[1])
         if head_llc:
             value, lo, hi = head_llc.get(key, (None, None, None))

@@ -3,7 +3,8 @@ which heads are induction heads; how much of the ICL score ablating them removes
 verdict box and the CLI print the same lines.
 
 Induction heads are the analysis summary's, chosen by the one rule in `icl_lab.measure.induction`
-(prefix matching > 0.5 and copying > 0.5); the CLI and `reproduce` read the same list. The share
+(prefix matching > 0.5 and max(copying, copying_total) > 0.5); the CLI, the report's colours and
+`reproduce` read the same list. The share
 their joint ablation removes is the one `analyze` stored (`summary["induction_ablation"]`): the
 verdict reads, never runs a model."""
 

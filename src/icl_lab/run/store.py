@@ -59,9 +59,11 @@ class MetricsStore:
         return f"MetricsStore({str(self.path)!r})"
 
     def lock(self) -> FileLock:
-        """The store's lock (re-entrant within a process); hold it around a read-modify-write."""
+        """The store's lock; hold it around a read-modify-write. Re-entrant within a process: every
+        handle on a run gets the same lock object (filelock's singleton), which counts nested holds
+        (a new object per call would wait on its own process's lock until the timeout)."""
         self.layout.analysis_dir.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.layout.analysis_dir / ".metrics.lock"), timeout=LOCK_TIMEOUT_S)
+        return FileLock(str((self.layout.analysis_dir / ".metrics.lock").resolve()), timeout=LOCK_TIMEOUT_S, is_singleton=True)
 
     def exists(self) -> bool:
         return self.path.is_file()

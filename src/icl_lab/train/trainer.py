@@ -24,6 +24,7 @@ from icl_lab.model.transformer import Transformer
 from icl_lab.train.checkpoint import checkpoint_problem, load_train_state, load_weights, save_checkpoint
 from icl_lab.train.config import ExperimentConfig, TrainConfig
 from icl_lab.train.distributed import TokenLoss, World
+from icl_lab.train.interventions import Held, parse
 from icl_lab.train.layout import RunLayout
 from icl_lab.train.lock import hold_run
 from icl_lab.train.records import read_meta
@@ -119,7 +120,23 @@ def _check_same_data(layout: RunLayout, fingerprint: str) -> None:
                           f"fingerprint {before} -> {fingerprint}); restore them or start a new run with another --out")
 
 
-def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: Progress | None = None) -> Path:
+@dataclass(frozen=True)
+class Fork:
+    """Where a branch starts (`icl_lab.train.branch`): the parent run's directory and the step of
+    the checkpoint it continues from, with everything that checkpoint holds (weights, optimiser
+    state, data position), so the branch sees exactly the batches the parent saw after it."""
+
+    parent: Path
+    step: int
+    intervention: str | None = None  # a spec of `icl_lab.train.interventions`, held from the fork
+    until: int | None = None  # the step at which it is released (None: held to the end)
+
+    def record(self) -> dict:
+        return {"run": str(self.parent), "step": self.step, "intervention": self.intervention, "until": self.until}
+
+
+def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: Progress | None = None,
+        fork: Fork | None = None) -> Path:
     """Train `cfg` into the run directory `out`.
 
     A resume starts from the newest checkpoint that reads back whole (`recovery.resume_point`,
@@ -132,6 +149,7 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
         resume: continue from the latest checkpoint; the result is bit-identical to an
             uninterrupted run on the same machine and thread count.
         progress: called after every step as progress(step, total, latest_record).
+        fork: start from another run's checkpoint instead of from scratch (`branch`).
 
     Under torchrun (WORLD_SIZE > 1 in the environment) every process calls `fit` and they train
     data-parallel (`icl_lab.train.distributed`): rank 0 holds the lock and writes the directory.
@@ -154,18 +172,19 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
         return layout.root  # nothing left to train: keep meta.json's record of the machine that trained it
     world = World.from_env()
     if not world.is_main:  # under torchrun: rank 0 holds the lock and owns the directory; the others only train
-        return _train(cfg, layout, resume, progress, world)
+        return _train(cfg, layout, resume, progress, world, fork)
     try:
         with hold_run(layout):
             clean_temp_files(layout.root)  # only a trainer holding the lock writes in these two folders
             clean_temp_files(layout.checkpoint_dir)
             _prepare_dir(cfg, layout, resume)
-            return _train(cfg, layout, resume, progress, world)
+            return _train(cfg, layout, resume, progress, world, fork)
     except OSError as e:  # before training started (config.json, tokenizer.json): nothing to record
         raise storage_error(e, layout) from None
 
 
-def _train(cfg: ExperimentConfig, layout: RunLayout, resume: bool, progress: Progress | None, world: World) -> Path:
+def _train(cfg: ExperimentConfig, layout: RunLayout, resume: bool, progress: Progress | None, world: World,
+           fork: Fork | None = None) -> Path:
     tc = cfg.train
     if resume and _is_complete(layout, tc.steps):
         return layout.root
@@ -199,9 +218,14 @@ def _train(cfg: ExperimentConfig, layout: RunLayout, resume: bool, progress: Pro
     }
     if isinstance(data, TextStream):  # what `check_eval_data` compares the evaluation text with
         meta |= {"tokenizer_fingerprint": data.tokens.tokenizer.fingerprint(), "bos_id": data.tokens.bos}
+    if fork is not None:
+        meta["parent"] = fork.record()
     step, tokens = 0, 0
     if start is not None:
         step, tokens = _restore(layout.checkpoint(start), model, optimizer, data)
+    elif fork is not None:  # a new branch: the parent's checkpoint, then the branch's own first checkpoint
+        step, tokens = _restore(RunLayout(fork.parent).checkpoint(fork.step), model, optimizer, data, partial=cfg.model.smeared_key)
+    held = Held(parse(fork.intervention), model, fork.until) if fork is not None and fork.intervention else None
     if resume and world.is_main:
         meta["created"] = read_meta(layout.meta).get("created", meta["created"])
         truncate_log(layout, step)
@@ -218,26 +242,26 @@ def _train(cfg: ExperimentConfig, layout: RunLayout, resume: bool, progress: Pro
     record: StepRecord | None = None
     model.train()
     try:
-        if start is None and world.is_main:  # a fresh run, or every checkpoint damaged
-            save_checkpoint(layout.checkpoint(0), model, optimizer, data.get_state(), 0, 0)
+        if start is None and world.is_main:  # a fresh run (or branch), or every checkpoint damaged
+            save_checkpoint(layout.checkpoint(step), model, optimizer, data.get_state(), step, tokens)
         with LineLog(layout.log) if world.is_main else contextlib.nullcontext() as log:  # rows flushed at once, fsynced in the background
             while step < tc.steps:
                 lr = lr_at(step, tc)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                if held is not None:
+                    held.before(step)
                 batch = data.next()  # the global batch: every rank draws it and trains on its own rows
                 tokens_in = world.rows(batch.tokens).to(device, non_blocking=True)
                 with autocast:
                     per_token = loss_fn(tokens_in)  # [batch / world, pos-1]
-                if batch.loss_mask is None:  # equal slices: DDP's mean of the ranks' means is the global mean
-                    loss = per_token.mean()
-                else:  # only the marked targets (e.g. the answers of facts) are learned, normalised by the global count
-                    weight = world.rows(batch.loss_mask).to(device, non_blocking=True)
-                    loss = (per_token * weight).sum() / batch.loss_mask.sum().clamp(min=1).to(device) * world.size
+                loss = _loss(per_token, batch, world, device, held.weight(batch.repeat_mask, step) if held else None)
                 loss.backward()
                 if tc.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                 optimizer.step()
+                if held is not None:
+                    held.after(step)
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 tokens += tokens_per_step
@@ -262,6 +286,7 @@ def _train(cfg: ExperimentConfig, layout: RunLayout, resume: bool, progress: Pro
                     sums.zero_()
                     window_start, window_steps = now, 0
                 if step in schedule and world.is_main:
+                    log.sync()  # the log is durable up to this checkpoint before the checkpoint exists
                     save_checkpoint(layout.checkpoint(step), model, optimizer, data.get_state(), step, tokens)
                 if progress is not None:
                     progress(step, tc.steps, record)
@@ -278,6 +303,16 @@ def _train(cfg: ExperimentConfig, layout: RunLayout, resume: bool, progress: Pro
     return layout.root
 
 
+def _loss(per_token: torch.Tensor, batch, world: World, device: torch.device, mask: torch.Tensor | None) -> torch.Tensor:
+    """The step's loss: the mean per-token loss, or over the marked targets only (the batch's loss
+    mask, e.g. the answers of facts, times an intervention's mask), normalised by the global count."""
+    weight = batch.loss_mask if mask is None else (mask if batch.loss_mask is None else batch.loss_mask * mask)
+    if weight is None:  # equal slices: DDP's mean of the ranks' means is the global mean
+        return per_token.mean()
+    rows = world.rows(weight).to(device, non_blocking=True)
+    return (per_token * rows).sum() / weight.sum().clamp(min=1).to(device) * world.size
+
+
 def compiled(module: torch.nn.Module) -> torch.nn.Module:
     """`torch.compile(module)`, or a one-line error when it cannot compile here (no C++ compiler
     for inductor on CPU, an unsupported platform)."""
@@ -289,16 +324,38 @@ def compiled(module: torch.nn.Module) -> torch.nn.Module:
     return torch.compile(module)
 
 
-def _restore(path: Path, model: Transformer, optimizer: torch.optim.Optimizer, data) -> tuple[int, int]:
-    """Load a checkpoint's weights, optimiser state and data position; returns (step, tokens)."""
+def _restore(path: Path, model: Transformer, optimizer: torch.optim.Optimizer, data, partial: bool = False) -> tuple[int, int]:
+    """Load a checkpoint's weights, optimiser state and data position; returns (step, tokens).
+    `partial`: the model has parameters the checkpoint lacks (a branch that switched smeared keys
+    on): those keep their initial values and start with a fresh optimiser state."""
     state = load_train_state(path)
     try:
-        model.load_state_dict(load_weights(path))
-        optimizer.load_state_dict(state.optimizer)
+        weights = load_weights(path)
+        if partial and set(weights) != set(model.state_dict()):
+            _restore_partial(model, optimizer, weights, state.optimizer)
+        else:
+            model.load_state_dict(weights)
+            optimizer.load_state_dict(state.optimizer)
         data.set_state(state.data_rng)
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"{path.name} does not fit this model ({str(e).splitlines()[0][:80]}); start a new run") from None
     return state.step, state.tokens
+
+
+def _restore_partial(model: Transformer, optimizer: torch.optim.Optimizer, weights: dict, opt_state: dict) -> None:
+    """Weights and optimiser state of a checkpoint into a model with more parameters (new ones keep
+    their initial values and a fresh optimiser state), matched by parameter name."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or any(not k.endswith("smear_alpha") for k in missing):
+        raise CheckpointError(f"the checkpoint does not fit the branch's model (missing {missing[:2]}, extra {unexpected[:2]})")
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    before = {n: i for i, n in enumerate(n for n in order if n in weights)}  # the parent's parameter indices
+    current = optimizer.state_dict()
+    current["state"] = {i: opt_state["state"][before[n]] for i, n in enumerate(order) if n in before and before[n] in opt_state["state"]}
+    for group, old in zip(current["param_groups"], opt_state["param_groups"]):
+        group.update({k: v for k, v in old.items() if k != "params"})
+    optimizer.load_state_dict(current)
 
 
 def ensure_trained(cfg: ExperimentConfig, out: str | Path, progress: Progress | None = None,
