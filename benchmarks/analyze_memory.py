@@ -5,10 +5,11 @@ vocabulary 49,152, 256 windows of 512 tokens) analysed at <= 4 GB and <= 8 minut
     .venv/bin/python benchmarks/analyze_memory.py                          # SmolLM2-135M (imported once)
     .venv/bin/python benchmarks/analyze_memory.py --run runs/natural-2l-seed0 --ablate --report
     .venv/bin/python benchmarks/analyze_memory.py --before /tmp/old/src    # also the code in that src/ folder, same run
+    .venv/bin/python benchmarks/analyze_memory.py --before /tmp/old/src --before-steps analyze report --report
 
-With `--before SRC`, each command also runs with that source tree first on PYTHONPATH (a checkout
-of an older commit), interleaved with the current code, so the before/after table comes from one
-sitting. A process whose resident set passes `--cap` is killed and reported as such (the old
+With `--before SRC`, the commands named by `--before-steps` (default: all) also run with that source
+tree first on PYTHONPATH (a checkout of an older commit), just before the current code, so the
+before/after table comes from one sitting. A process whose resident set passes `--cap` is killed and reported as such (the old
 SmolLM2 analysis reached 24 GB before the kernel killed it)."""
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def main() -> None:
     ap.add_argument("--ablate-examples", type=int, default=2)
     ap.add_argument("--report", action="store_true", help="also `icl-lab report RUN`")
     ap.add_argument("--before", type=Path, help="an older src/ folder to measure in the same sitting")
+    ap.add_argument("--before-steps", nargs="*", default=["analyze", "ablate", "report"], help="steps --before applies to")
     ap.add_argument("--cap", type=float, default=14.0, help="kill a process whose RSS passes this many GB")
     args = ap.parse_args()
     cli = [sys.executable, "-m", "icl_lab.cli"]
@@ -66,9 +68,10 @@ def main() -> None:
         steps.append(("ablate", [*cli, "ablate", str(args.run), "--kind", "zero", "--examples", str(args.ablate_examples), "--json"]))
     if args.report:
         steps.append(("report", [*cli, "report", str(args.run)]))
-    codes = [("after", None)] + ([("before", args.before)] if args.before else [])
     print(f"{args.run}: step | code | wall | peak RSS | outcome")
     for name, cmd in steps:
+        # the old code first, so the current code's files are what the next step reads
+        codes = ([("before", args.before)] if args.before and name in args.before_steps else []) + [("after", None)]
         for label, src in codes:
             env = dict(os.environ)
             if src is not None:
@@ -79,9 +82,6 @@ def main() -> None:
                 cmd = [c for c in cmd if c not in ("--examples", str(args.ablate_examples))]  # the old CLI has no --examples
             wall, peak, outcome = run_measured(cmd, env, args.cap)
             print(f"| {name} | {label} | {wall:.0f} s | {peak:.2f} GB | {outcome} |", flush=True)
-        if args.before and name == "analyze":  # leave the current code's analysis for the next steps
-            shutil.rmtree(args.run / "analysis", ignore_errors=True)
-            run_measured(steps[0][1], dict(os.environ), args.cap)
 
 
 if __name__ == "__main__":

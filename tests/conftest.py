@@ -18,7 +18,10 @@ def private_cache(tmp_path_factory, monkeypatch):
 def refuse_checkpoints(monkeypatch, message: str = "a checkpoint was loaded") -> None:
     """Make every checkpoint read fail: all of them go through `icl_lab.train.checkpoint._verify`
     (weights, training state, hash checks), whatever safetensors call it makes inside."""
-    import icl_lab.train.checkpoint as checkpoint
+    import importlib
+
+    # not `import icl_lab.train.checkpoint as ...`: `icl_lab.train` is also the name of the train() function
+    checkpoint = importlib.import_module("icl_lab.train.checkpoint")
 
     def refuse(*args, **kwargs):
         raise AssertionError(message)

@@ -131,8 +131,11 @@ def test_the_training_log_is_on_disk_before_each_checkpoint(tmp_path, monkeypatc
     is written (before, only a background thread synced it, with no order against checkpoints)."""
     import threading
 
+    import importlib
+
     import icl_lab
-    import icl_lab.train.trainer as trainer
+
+    trainer = importlib.import_module("icl_lab.train.trainer")  # `icl_lab.train` is also a function's name
 
     synced: dict[int, int] = {}  # fd -> bytes durable, counted only for syncs the training thread waited for
     main = threading.get_ident()

@@ -288,8 +288,12 @@ def ablate_cmd(
         print(json.dumps(summary, indent=2))
         return
     ci = summary.get("icl_score_ci") or [float("nan")] * 2
-    console.print(f"[bold]{run.path}[/] step {summary['step']}: ICL score {summary['icl_score']:+.3f} nats "
-                  f"(95% CI {ci[0]:+.3f} to {ci[1]:+.3f})")
+    if summary["icl_score"] is None:  # an analysis running beside this ablation has not stored its rows yet
+        console.print(f"[bold]{run.path}[/] step {summary['step']}: no clean ICL score in the metrics table yet "
+                      f"(run `icl-lab analyze {run.path}`)")
+    else:
+        console.print(f"[bold]{run.path}[/] step {summary['step']}: ICL score {summary['icl_score']:+.3f} nats "
+                      f"(95% CI {ci[0]:+.3f} to {ci[1]:+.3f})")
     if "note" in summary:
         console.print(f"  {summary['note']}")
     console.print("share of the ICL score removed by ablating each head (pp = pattern-preserving; CI for zero pp):")

@@ -126,8 +126,8 @@ from icl_lab.pipeline.evalstore import eval_set_for
 cfg = icl_lab.get_preset('synthetic-2l').replace(model=CONFIG, data={{'max_period': 40}},
                                                  train={{"steps": 2, "batch_size": 2, "n_checkpoints": 2, "warmup_steps": 1}})
 run = icl_lab.train(cfg, out={str(tmp_path / 'run')!r})
+plan = analysis_plan(run, eval_set_for(run, 32), None, '2GB')  # as analyze plans it, before any work
 icl_lab.analyze([run], n_examples=32, max_memory='2GB')
-plan = analysis_plan(run, eval_set_for(run, 32), None, '2GB')
 print(json.dumps({{'peak': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'plan': plan.peak}}))
 """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -28,7 +28,7 @@ from icl_lab.errors import ConfigError
 from icl_lab.measure.memory import DEFAULT_MAX_BYTES, forward_row_bytes, logits_bytes, rows_per_chunk
 from icl_lab.model.hooks import HookPoint
 from icl_lab.model.config import ModelConfig
-from icl_lab.model.transformer import Transformer
+from icl_lab.model.transformer import Transformer, select_rows
 
 AblationKind = Literal["zero", "mean", "resample"]
 COPY_TENSORS = 6  # copy-sized tensors alive at once in a sweep pass (residual, norm, values, z, output, MLP)
@@ -166,15 +166,16 @@ def _sweep(model: Transformer, tokens: Tensor, heads: list[tuple[int, int]], rep
     residual stream (nothing before it can change). Only the logits at `rows` are computed, for
     the first len(rows) sequences (a resampling sweep runs one more, whose z the last one takes).
 
-    Pattern-preserving copies compute no queries, keys, scores or softmax (every pattern is
-    frozen); the frozen patterns broadcast over the copies; and in the last layer only the rows
-    scored are mixed, so it costs a few rows rather than a full value projection. The result equals
-    the hook-based `ablate_heads_serially` (tested). Most hook points are skipped here, so hooks
-    attached to the model cannot alter the sweep; use `ablate_heads_serially` for that."""
+    The model's own blocks run every pass (`Block.after_attention` after the ablated layer, then
+    `Block.forward`), so a new model option needs no mirror here. Pattern-preserving copies pass
+    the clean patterns (`pattern=`): no queries, keys, scores or softmax, the patterns broadcast
+    over the copies, and in the last layer only the rows scored are mixed (`rows=`). The result
+    equals the hook-based `ablate_heads_serially` (tested). Hooks attached to the model see the
+    copies stacked along the batch dimension."""
     cfg, n_pos = model.cfg, tokens.shape[1]
     batch = len(rows)
     layers = sorted({l for l, _ in heads})
-    wanted = {f"blocks.{l}.{name}" for l in layers for name in ("attn.hook_z", "hook_resid_post", "hook_resid_mid")}
+    wanted = {f"blocks.{l}.{name}" for l in layers for name in ("attn.hook_z", "hook_resid_pre", "hook_attn_out")}
     if preserve:  # patterns are read only downstream of an ablated head; earlier layers keep fused attention
         wanted |= {f"blocks.{j}.attn.hook_pattern" for j in range(layers[0] + 1, cfg.n_layers)} if layers else set()
     final, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted, stop_at_layer=cfg.n_layers)
@@ -189,71 +190,35 @@ def _sweep(model: Transformer, tokens: Tensor, heads: list[tuple[int, int]], rep
         in_layer = [h for l, h in heads if l == layer]
         for start in range(0, len(in_layer), per_pass):
             chunk = in_layer[start : start + per_pass]
-            last = layer == cfg.n_layers - 1
-            resid = _ablated_layer(model, cache, layer, chunk, replace, batch, (at, rows) if last else None)
-            for j in range(layer + 1, cfg.n_layers):
+            resid = _ablated_layer(model, cache, layer, chunk, replace, batch, rows if layer == cfg.n_layers - 1 else None)
+            for j in range(layer + 1, cfg.n_layers):  # resid [copy * batch, pos (k in the last layer), d_model]
                 last = j == cfg.n_layers - 1
                 if preserve:
-                    resid = _frozen_block(model, j, resid, cache["pattern", j][:batch], pos_embed, (at, rows) if last else None)
+                    resid = model.blocks[j](resid, pos_embed, pattern=cache["pattern", j][:batch], rows=rows if last else None)
                 else:
-                    resid = model.blocks[j](resid.flatten(0, 1), pos_embed).view_as(resid)
-                    resid = resid[:, at, rows] if last else resid
-            losses = _row_losses(_unembed(model, resid), targets.expand(len(chunk), -1, -1))
-            results.update(zip(((layer, h) for h in chunk), losses))
-    clean = _row_losses(_unembed(model, final[at, rows]), targets)
+                    resid = model.blocks[j](resid, pos_embed)
+                    resid = select_rows(resid, rows) if last else resid
+            logits = model.unembed(resid).unflatten(0, (len(chunk), batch))  # [copy, batch, k, vocab]
+            results.update(zip(((layer, h) for h in chunk), _row_losses(logits, targets.expand(len(chunk), -1, -1))))
+    clean = _row_losses(model.unembed(final[at, rows]), targets)
     return torch.stack([clean, *(results[h] for h in heads)])
 
 
-def _unembed(model: Transformer, resid: Tensor) -> Tensor:
-    logits = model.ln_final(resid) @ model.W_U
-    return logits if model.b_U is None else logits + model.b_U
-
-
-def _ablated_layer(model: Transformer, cache, layer: int, chunk: list[int], replace, batch: int, rows) -> Tensor:
-    """resid_post of `layer` with head chunk[i] ablated in copy i: [copy, batch, pos, d_model], or
-    [copy, batch, k, d_model] at `rows` only. The head's pattern and the other heads are untouched
-    by its ablation, so the change is the head's output difference alone, a rank-d_head term."""
-    block, z = model.blocks[layer], cache["z", layer]
+def _ablated_layer(model: Transformer, cache, layer: int, chunk: list[int], replace, batch: int,
+                   rows: Tensor | None) -> Tensor:
+    """resid_post of `layer` with head chunk[i] ablated in copy i: [copy * batch, pos, d_model],
+    or [copy * batch, k, d_model] at `rows` only. The head's pattern and the other heads are
+    untouched by its ablation, so the attention output changes by the head's output difference
+    alone (a rank-d_head term); the block's own `after_attention` adds the MLP and the residual."""
+    z = cache["z", layer]
     dz = (replace(layer, z) - z[:batch])[:, :, chunk]  # [batch, pos, copy, d_head]
-    select = (lambda t: t[:batch]) if rows is None else (lambda t: t[rows])
-    delta = torch.einsum("bpne,ned->nbpd", select(dz), block.attn.W_O[chunk])
-    if model.cfg.attn_only or model.cfg.parallel_attn_mlp:  # any MLP reads resid_pre, which is unchanged
-        return select(cache["resid_post", layer]) + delta
-    mid = select(cache["resid_mid", layer]) + delta
-    return mid + block.mlp(block.ln2(mid))
-
-
-def _frozen_block(model: Transformer, j: int, resid: Tensor, pattern: Tensor, pos_embed: Tensor | None, rows) -> Tensor:
-    """Block j with its attention pattern [batch, head, query, key] frozen, on copies
-    resid [copy, batch, pos, d_model]; with `rows`, only those query rows are computed."""
-    block = model.blocks[j]
-    a = block.attn
-    h, d, e = a.W_V.shape
-    x = block.attn_inputs(resid, pos_embed)[2]  # the value input
-    n_pos, k = x.shape[2], 0 if rows is None else rows[1].shape[1]
-    if rows is not None and k * h * (n_pos * d + d * e) < n_pos * d * h * e + h * n_pos * n_pos * e:
-        # mix the value inputs by the k pattern rows first, then project: k rows, not every position
-        p = pattern.transpose(1, 2)[rows].to(x.dtype)  # [batch, k, head, key]
-        z = torch.einsum("nbkhd,hde->nbkhe", torch.einsum("bkhs,nbsd->nbkhd", p, x), a.W_V)
-        z = z if a.b_V is None else z + p.sum(-1)[..., None] * a.b_V  # each pattern row sums to 1
-        resid = resid[:, rows[0], rows[1]]
-    else:
-        v = _linear(x, a.W_V.transpose(0, 1).reshape(d, h * e), a.b_V).unflatten(-1, (h, e))  # [copy, batch, pos, head, d_head]
-        z = torch.einsum("bhqk,nbkhe->nbqhe", pattern.to(v.dtype), v)
-        if rows is not None:
-            z, resid = z[:, rows[0], rows[1]], resid[:, rows[0], rows[1]]
-    out = _linear(z.flatten(-2), a.W_O.reshape(h * e, -1), a.b_O)  # attention output, then the new residual
-    if model.cfg.parallel_attn_mlp:  # the MLP reads the block's input, not resid_mid
-        return out.add_(resid).add_(block.mlp(block.ln2(resid)))
-    out.add_(resid)
-    return out if model.cfg.attn_only else out.add_(block.mlp(block.ln2(out)))
-
-
-def _linear(x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
-    """x [..., d_in] @ W [d_in, d_out] (+ b) as one 2-D matmul with the bias fused in."""
-    x2 = x.reshape(-1, x.shape[-1])
-    y = x2 @ W if b is None else torch.addmm(b.flatten(), x2, W)
-    return y.view(*x.shape[:-1], W.shape[1])
+    delta = torch.einsum("bpne,ned->nbpd", dz, model.blocks[layer].attn.W_O[chunk]).flatten(0, 1)  # [copy * batch, pos, d_model]
+    n = len(chunk)
+    resid_pre = cache["resid_pre", layer][:batch].expand(n, -1, -1, -1).flatten(0, 1)
+    attn_out = cache["attn_out", layer][:batch].expand(n, -1, -1, -1).flatten(0, 1) + delta
+    if rows is not None:  # the last layer: only the scored rows go on to the MLP and the logits
+        resid_pre, attn_out = select_rows(resid_pre, rows), select_rows(attn_out, rows)
+    return model.blocks[layer].after_attention(resid_pre, attn_out)
 
 
 def _ablated_losses(model: Transformer, tokens: Tensor, cache, group: Sequence[tuple[int, int]], kind: str, pattern_preserving: bool) -> Tensor:

@@ -30,7 +30,7 @@ def is_induction_head(scores: Mapping) -> bool:
     """Whether one head's final scores (a mapping with `prefix_matching` and `copying`, and
     `copying_total` where it was measured) pass the rule."""
     copy = copying_evidence(scores)
-    return float(scores["prefix_matching"]) > INDUCTION_THRESHOLDS["prefix_matching"] and copy > INDUCTION_THRESHOLDS["copying"]
+    return float(scores.get("prefix_matching", math.nan)) > INDUCTION_THRESHOLDS["prefix_matching"] and copy > INDUCTION_THRESHOLDS["copying"]
 
 
 def induction_heads(heads: Iterable[Mapping]) -> list[tuple[int, int]]:
@@ -42,4 +42,4 @@ def induction_heads(heads: Iterable[Mapping]) -> list[tuple[int, int]]:
 def passes_direct_rule(scores: Mapping) -> bool:
     """#10's rule as it was before decision 26, prefix_matching > 0.5 and direct copying > 0.5:
     what the natural-text presets are judged by as well (issue #26 asks for it unchanged)."""
-    return all(float(scores[m]) > t for m, t in INDUCTION_THRESHOLDS.items())
+    return all(float(scores.get(m, math.nan)) > t for m, t in INDUCTION_THRESHOLDS.items())

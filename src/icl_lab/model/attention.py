@@ -210,6 +210,29 @@ class Attention(nn.Module):
             past.raw_k = raw_last
         return k
 
+    def mix(self, v_in: Tensor, pattern: Tensor, rows: Tensor | None = None) -> Tensor:
+        """The attention output with a fixed pattern [batch, head, query, key] in place of the one
+        queries and keys would give: the value path alone. `v_in` [copies * batch, pos, d_model]
+        may stack copies of the pattern's batch (the pattern broadcasts over them); with `rows`
+        [batch, k], only those query positions: [copies * batch, k, d_model]. No hook runs inside."""
+        batch, (h, d, e) = pattern.shape[0], self.W_V.shape
+        x = v_in.unflatten(0, (-1, batch))  # [copy, batch, pos, d_model]
+        n_pos = x.shape[2]
+        if rows is not None and rows.shape[1] * h * (n_pos * d + d * e) < n_pos * d * h * e + h * n_pos * n_pos * e:
+            # mix the value inputs by the k pattern rows first, then project: k rows, not every position
+            at = torch.arange(batch, device=rows.device)[:, None]
+            p = pattern.transpose(1, 2)[at, rows].to(x.dtype)  # [batch, k, head, key]
+            z = torch.einsum("nbkhd,hde->nbkhe", torch.einsum("bkhs,nbsd->nbkhd", p, x), self.W_V)
+            z = z if self.b_V is None else z + p.sum(-1)[..., None] * self.b_V  # each pattern row sums to 1
+        else:
+            v = self._project(x, self.W_V, self.b_V)  # [copy, batch, pos, head, d_head]
+            z = torch.einsum("bhqk,nbkhe->nbqhe", pattern.to(v.dtype), v)
+            if rows is not None:
+                z = z[:, torch.arange(batch, device=rows.device)[:, None], rows]
+        z = z.flatten(0, 1).flatten(-2)  # [copies * batch, pos or k, head * d_head]
+        out = z @ self.W_O.reshape(h * e, -1)
+        return out if self.b_O is None else out + self.b_O
+
     def head_projection(self, x: Tensor, which: str, head: int) -> Tensor:
         """One head's query, key (smeared, if the model smears) or value from an input
         [batch, pos, d_model]: [batch, pos, d_head], as it appears at hook_q/k/v."""

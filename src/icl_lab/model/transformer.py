@@ -117,9 +117,27 @@ class Block(nn.Module):
         return qk, qk, x
 
     def forward(self, resid: Tensor, pos_embed: Tensor | None, mask: Tensor | None = None,
-                positions: Tensor | None = None, past: LayerKV | None = None) -> Tensor:
+                positions: Tensor | None = None, past: LayerKV | None = None,
+                pattern: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
+        """resid_post [batch, pos, d_model] from resid_pre.
+
+        With `pattern` [batch, head, query, key], attention keeps that pattern (no queries or
+        keys: pattern-preserving ablation), and `resid` may stack copies of that batch along dim 0
+        ([copies * batch, pos, d_model]); with `rows` [batch, k] as well, only those query
+        positions are computed and returned ([copies * batch, k, d_model])."""
         resid = self.hook_resid_pre(resid)
-        attn_out = self.hook_attn_out(self.attn(*self.attn_inputs(resid, pos_embed), mask, positions, past))
+        q_in, k_in, v_in = self.attn_inputs(resid, pos_embed)
+        if pattern is None:
+            attn_out = self.attn(q_in, k_in, v_in, mask, positions, past)
+        else:
+            attn_out = self.attn.mix(v_in, pattern, rows)
+            resid = resid if rows is None else select_rows(resid, rows)
+        return self.after_attention(resid, self.hook_attn_out(attn_out))
+
+    def after_attention(self, resid: Tensor, attn_out: Tensor) -> Tensor:
+        """resid_post from resid_pre and the attention output [..., d_model]: the residual sums and
+        the MLP, the one place a block's layout (sequential, parallel or attention-only) lives;
+        ablations that change a head's output continue from here."""
         if self.cfg.parallel_attn_mlp:  # both read resid_pre (GPT-NeoX); no resid_mid exists
             return self.hook_resid_post(resid + attn_out + self.hook_mlp_out(self.mlp(self.ln2(resid))))
         resid = resid + attn_out
@@ -127,6 +145,13 @@ class Block(nn.Module):
             resid = self.hook_resid_mid(resid)
             resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
         return self.hook_resid_post(resid)
+
+
+def select_rows(x: Tensor, rows: Tensor) -> Tensor:
+    """x [copies * batch, pos, ...] at rows [batch, k] of each copy's sequences: [copies * batch, k, ...]."""
+    batch = rows.shape[0]
+    at = torch.arange(batch, device=rows.device)[:, None]
+    return x.unflatten(0, (-1, batch))[:, at, rows].flatten(0, 1)
 
 
 def _scored(attention_mask: Tensor) -> Tensor:
@@ -178,10 +203,12 @@ class Transformer(HookedRootModule, TextMixin):
         return super().to(*args, **kwargs)
 
     def weight_matrices(self) -> list[nn.Parameter]:
-        """The weight matrices and embeddings (every parameter named `W_*`, by the TransformerLens
-        convention this model keeps); biases `b_*`, norm gains and smearing logits are excluded.
-        The trainer applies weight decay to these only."""
-        return [p for name, p in self.named_parameters() if name.rsplit(".", 1)[-1].startswith("W_")]
+        """The weight matrices and embeddings, chosen by rank (a parameter of 2 or more dimensions),
+        not by name, so a new parameter is classified without a naming convention; biases, norm
+        gains and smearing logits (1-D) are excluded, and so are the attention's per-head biases
+        b_Q/b_K/b_V [head, d_head] (a vector per head). The trainer applies weight decay to these only."""
+        per_head = {id(b) for block in self.blocks for b in (block.attn.b_Q, block.attn.b_K, block.attn.b_V) if b is not None}
+        return [p for p in self.parameters() if p.ndim >= 2 and id(p) not in per_head]
 
     # ---- forward -------------------------------------------------------------------------
     def forward(
@@ -243,6 +270,10 @@ class Transformer(HookedRootModule, TextMixin):
             kv_cache.n_pos = past + n_pos
         if stop_at_layer is not None:
             return resid
+        return self.unembed(resid)
+
+    def unembed(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        """Logits from the final residual stream: the final norm, then W_U (+ b_U)."""
         logits = self.ln_final(resid) @ self.W_U
         return logits if self.b_U is None else logits + self.b_U
 

@@ -120,8 +120,10 @@ def _summary(run: Run, table: pd.DataFrame, ev: EvalSet, ms: Sequence[Measuremen
     head_records = []
     for (layer, head), g in final.groupby(["layer", "head"]):
         g = g.set_index("metric")
-        value = lambda m: float(g.value[m]) if m in g.index else float("nan")  # noqa: E731  copying_total: candidates only
-        head_records.append({"layer": int(layer), "head": int(head), **{m: value(m) for m in HEAD_METRICS + BESIDE},
+        # every head has HEAD_METRICS; a companion (copying_total: candidates only) is in the record only
+        # where it was measured, so the summary holds no NaN placeholder (NaN != NaN after a round trip)
+        measured = [m for m in HEAD_METRICS + BESIDE if m in g.index]
+        head_records.append({"layer": int(layer), "head": int(head), **{m: float(g.value[m]) for m in measured},
                              "ci": {m: [float(g.lo[m]), float(g.hi[m])] for m in HEAD_METRICS + BESIDE
                                     if m in g.index and not np.isnan(g.lo[m])}})
     early, late = icl_positions(eval_context(run))

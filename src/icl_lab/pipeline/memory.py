@@ -28,7 +28,7 @@ class MemoryPlan:
 
     Attributes:
         limit: the most it may use (`--max-memory`, or the free memory if that is less).
-        resident: runtime + model + the largest weight being copied in + evaluation tokens.
+        resident: runtime (this process's resident memory, at least RUNTIME_BYTES) + model + the largest weight being copied in + evaluation tokens.
         working: each measurement's working budget (what its chunks may hold at once).
         floors: measurement name -> the least it needs for one sequence (its one-row floor).
         peak: the estimated peak, resident + the largest working set.
@@ -57,6 +57,15 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def resident_now() -> int:
+    """This process's resident memory now (Linux /proc/self/statm; 0 where unknown)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def plan_memory(cfg: ModelConfig, ms: Sequence[Measurement], ev: EvalSet | None, max_memory: int | str | None = None,
                 dtype: str | None = None) -> MemoryPlan:
     """The memory plan of walking a model of `cfg` with `ms` on `ev`, under `max_memory` (bytes
@@ -67,7 +76,9 @@ def plan_memory(cfg: ModelConfig, ms: Sequence[Measurement], ev: EvalSet | None,
     itemsize = resolve_dtype(dtype).itemsize
     limit = min(parse_size(max_memory) if max_memory is not None else DEFAULT_MAX_MEMORY, available_memory())
     tokens = 0 if ev is None else sum(t.numel() * 8 for t in (ev.tokens, ev.repeated, ev.random))
-    resident = RUNTIME_BYTES + model_bytes(cfg, itemsize) + largest_tensor_bytes(cfg, 4) + tokens
+    # what this process already holds (imports, earlier work), at least the usual runtime: a machine
+    # with more libraries loaded starts higher (CI measured 1018 MiB against a fixed 640 MiB runtime)
+    resident = max(RUNTIME_BYTES, resident_now()) + model_bytes(cfg, itemsize) + largest_tensor_bytes(cfg, 4) + tokens
     floors = {m.name: m.floor_bytes(cfg, ev, itemsize) for m in ms}
     working = max(min(DEFAULT_MAX_BYTES, limit - resident), max(floors.values(), default=0))
     peak = resident + working
