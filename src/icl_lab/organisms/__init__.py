@@ -19,6 +19,7 @@ from importlib import import_module
 MODULES = {
     "modular": "icl_lab.organisms.grokking",
     "oocr": "icl_lab.organisms.oocr",
+    "markov": "icl_lab.organisms.markov",
 }
 
 for _module in MODULES.values():
