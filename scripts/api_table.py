@@ -16,7 +16,8 @@ import re
 import sys
 from pathlib import Path
 
-PACKAGES = ("icl_lab", "icl_lab.measure", "icl_lab.intervene", "icl_lab.pipeline", "icl_lab.report", "icl_lab.run")
+PACKAGES = ("icl_lab", "icl_lab.measure", "icl_lab.intervene", "icl_lab.pipeline", "icl_lab.report", "icl_lab.run",
+            "icl_lab.organisms.oocr", "icl_lab.organisms.grokking", "icl_lab.organisms.markov")
 DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 START, END = "<!-- api-table:start (scripts/api_table.py writes this part) -->", "<!-- api-table:end -->"
 

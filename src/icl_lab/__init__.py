@@ -26,6 +26,8 @@ from icl_lab.train import ExperimentConfig, StepRecord, TrainConfig
 from icl_lab.train.presets import get_preset, preset_names
 from icl_lab.train.trainer import Progress, fit
 
+from icl_lab import organisms  # noqa: E402,F401  (registers every organism: docs/organisms.md)
+
 __version__ = "0.1.0"
 
 

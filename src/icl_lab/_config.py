@@ -3,6 +3,7 @@ parser that turns pydantic's multi-line report into one line that names the fiel
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -49,6 +50,11 @@ def one_line(err: ValidationError, where: str) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) if str(p).isprintable() and str(p) else repr(p) for p in first["loc"])  # a key "\n" stays on the line
     msg = first["msg"].removeprefix("Value error, ")
+    # a validator that names the field it rejects ("modular.frac: ...", from a nested section)
+    # extends the location, so the line reads data.modular.frac as for a declared field
+    named = re.fullmatch(r"([A-Za-z_]\w*(?:\.\w+)*): (.*)", msg, re.S) if first["type"] == "value_error" else None
+    if named:
+        loc, msg = f"{loc}.{named[1]}" if loc else named[1], named[2]
     if first["type"] == "extra_forbidden":
         msg = "unknown field; remove it or check its spelling"
     elif first["type"] == "missing":

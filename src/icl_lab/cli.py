@@ -24,6 +24,7 @@ from icl_lab.cli_experiments import register_experiments
 from icl_lab.cli_llc import register_llc
 from icl_lab.cli_sweep import register_sweep
 from icl_lab.errors import ConfigError, IclLabError, IclLabWarning
+from icl_lab.kinds import organism, organisms
 from icl_lab.train.config import ExperimentConfig
 from icl_lab.train.distributed import World
 from icl_lab.train.layout import RunLayout
@@ -164,8 +165,9 @@ def _print_summary(run: icl_lab.Run, seconds: float) -> None:
         rep = "-" if math.isnan(row.loss_repeat) else f"{row.loss_repeat:.3f}"
         table.add_row(f"{row.step:.0f}", f"{row.tokens:,.0f}", f"{row.loss:.3f}", rep, f"{row.tokens_per_s:,.0f}")
     console.print(table)
-    if run.config.data.kind == "modular":  # `a b = c` has no induction heads to look for
-        console.print(f"modular addition: measure it with `icl-lab grok --run {run.path}` (progress measures, phases, report)")
+    org = organism(run.config.data.kind)
+    if org is not None:  # an organism's task has its own measurements, not induction heads
+        console.print(f"{org.kind} run: {org.hint(run.path)}")
         return
     model = run.model()
     scores = icl_lab.measure.prefix_matching_scores(model)  # [layer, head]
@@ -423,6 +425,9 @@ def verify_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> 
 
 
 register_experiments(app)
+for _org in organisms():  # each organism's own commands (`icl-lab oocr`, `icl-lab grok`, ...)
+    if _org.add_commands is not None:
+        _org.add_commands(app)
 register_branch(app)
 register_sweep(app)
 register_llc(app)

@@ -7,10 +7,9 @@ from icl_lab.intervene.ablate import KINDS, ablate_head_group, ablate_heads, abl
 from icl_lab.intervene.attribution import ablation_rows, removed_fraction
 from icl_lab.intervene.attribution_patching import attribution_patch_heads, attribution_patch_residual, rank_correlation
 from icl_lab.intervene.lens import direct_logit_attribution, logit_lens
-from icl_lab.intervene.oocr import analyze_circuits, bridge_lens, hop_patching
 from icl_lab.intervene.patching import attention_pattern_json, patch_heads, patch_residual, path_patch
 
 __all__ = [
-    "KINDS", "analyze_circuits", "bridge_lens", "hop_patching", "ablate_head_group", "ablate_heads", "ablate_heads_serially", "ablation_rows", "all_heads", "direct_logit_attribution",
+    "KINDS", "ablate_head_group", "ablate_heads", "ablate_heads_serially", "ablation_rows", "all_heads", "direct_logit_attribution",
     "attention_pattern_json", "attribution_patch_heads", "attribution_patch_residual", "logit_lens", "patch_heads", "patch_residual", "path_patch", "rank_correlation", "removed_fraction",
 ]

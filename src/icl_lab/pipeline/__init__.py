@@ -17,13 +17,11 @@ from icl_lab.pipeline.views import AttentionViewer, Composition, view_steps
 from icl_lab.pipeline.analyze import ANALYSIS_VERSION, analyze, is_analysed
 from icl_lab.pipeline.ablation import Ablation, ablate_run, is_ablated
 from icl_lab.pipeline.evalstore import eval_set_for, load_eval_set, save_eval_set
-from icl_lab.pipeline.grokking import Grokking
-from icl_lab.pipeline.oocr import OOCRScores
 from icl_lab.pipeline.llc import LLC, calibrate_run, llc_run
 from icl_lab.pipeline.fanout import fan_out
 
 __all__ = [
-    "ANALYSIS", "ANALYSIS_VERSION", "Ablation", "AttentionViewer", "Composition", "Context", "Grokking", "HEAD_METRICS", "HeadScore", "LLC",
-    "Measurement", "OOCRScores", "REGISTRY", "ablate_run", "analyze", "calibrate_run", "eval_set_for", "fan_out", "is_ablated", "is_analysed", "llc_run", "load_eval_set",
+    "ANALYSIS", "ANALYSIS_VERSION", "Ablation", "AttentionViewer", "Composition", "Context", "HEAD_METRICS", "HeadScore", "LLC",
+    "Measurement", "REGISTRY", "ablate_run", "analyze", "calibrate_run", "eval_set_for", "fan_out", "is_ablated", "is_analysed", "llc_run", "load_eval_set",
     "measure_run", "measurements", "register", "save_eval_set", "store_rows", "view_steps", "walk",
 ]

@@ -20,6 +20,7 @@ from icl_lab.errors import ConfigError
 from icl_lab.intervene.ablate import ablate_head_group
 from icl_lab.intervene.attribution import removed_fraction
 from icl_lab.io import write_json
+from icl_lab.kinds import organism
 from icl_lab.measure.evalset import EVAL_SEED, EvalSet, eval_context, make_eval_set
 from icl_lab.measure.induction import INDUCTION_THRESHOLDS, induction_heads, induction_rule
 from icl_lab.measure.intervals import removed_fraction_interval, resample_weights
@@ -190,9 +191,9 @@ def _check(runs: Sequence[Run]) -> None:
     if not runs:
         raise ConfigError("analyze needs at least one run directory")
     for r in runs:
-        if r.config.data.kind in ("oocr", "modular"):
-            fix = "score it with `icl-lab oocr`" if r.config.data.kind == "oocr" else f"measure it with `icl-lab grok --run {r.path}`"
-            raise ConfigError(f"{r.path} is a {r.config.data.kind} run, which has no in-context-learning analysis; {fix}")
+        org = organism(r.config.data.kind)
+        if org is not None:
+            raise ConfigError(f"{r.path} is a {org.kind} run, which has no in-context-learning analysis; {org.hint(r.path)}")
         if not r.checkpoints:
             raise ConfigError(f"{r.path} has no checkpoints yet; train it first")
         check_eval_data(r)
@@ -228,7 +229,7 @@ def analyze(runs: Sequence[Run], n_examples: int = 256, progress: Progress | Non
         summary could not be built (an `only` run on a run never fully analysed).
 
     Raises:
-        ConfigError: a run without checkpoints, an out-of-context or grokking run, an unknown measurement.
+        ConfigError: a run without checkpoints, an organism's run (`icl_lab.kinds`), an unknown measurement.
         DataError: a text run whose tokenizer or data no longer match what it was trained on.
         ResourceError: a run whose analysis would not fit in `max_memory` (checked before any work).
     """

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from icl_lab.data.oocr import PAD, build_task, token_label
 from icl_lab.data.synthetic import sample_batch
 from icl_lab.data.text import load_tokens, sample_windows
 from icl_lab.io import write_json, write_safetensors
+from icl_lab.kinds import organism
 from icl_lab.measure.composition import BASELINE_SAMPLES, composition_baseline, composition_scores
 from icl_lab.measure.evalset import EVAL_SEED, EvalSet
 from icl_lab.measure.head_scores import attention_patterns, repeated_random_tokens
@@ -34,24 +34,13 @@ def view_steps(steps: Sequence[int], keep: Sequence[int] = (), n: int = VIEW_CHE
     return sorted({steps[i] for i in idx} | {s for s in keep if s in steps})
 
 
-def _oocr_samples(run: Run) -> tuple[torch.Tensor, list[dict]]:
-    """One query of each split, with its answer, padded to the model's context."""
-    task = build_task(run.config.data.oocr)
-    rows, samples = [], []
-    for name, (prompts, answers) in task.splits.items():
-        if len(prompts):
-            row = torch.cat([prompts[0], answers[0]]).tolist()
-            rows.append(row + [PAD] * (run.config.model.n_ctx - len(row)))
-            samples.append({"name": f"{name} query and answer", "tokens": [token_label(task, t) for t in rows[-1]]})
-    return torch.tensor(rows), samples
-
-
 def viewer_samples(run: Run) -> tuple[torch.Tensor, list[dict]]:
     """Two viewer sequences of equal length: repeated random tokens, and a sample of the run's
-    data (for text runs, a validation window shown as decoded tokens). Out-of-context reasoning
-    runs show one query of each split instead."""
-    if run.config.data.kind == "oocr":
-        return _oocr_samples(run)
+    data (for text runs, a validation window shown as decoded tokens). An organism's runs show
+    the organism's own samples (`Organism.viewer_samples`) instead."""
+    org = organism(run.config.data.kind)
+    if org is not None and org.viewer_samples is not None:
+        return org.viewer_samples(run)
     m = run.config.model
     n = min(m.n_ctx, VIEW_POSITIONS)
     rep, seg = repeated_random_tokens(m.d_vocab, n, n_repeats=3, n_examples=1, seed=EVAL_SEED)

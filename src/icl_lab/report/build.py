@@ -10,9 +10,8 @@ from pathlib import Path
 
 from icl_lab.errors import ConfigError
 from icl_lab.io import write_text
-from icl_lab.report.collect import RunData, collect_run
+from icl_lab.report.collect import RunData, collect_run, report_section
 from icl_lab.report.family import family_page, family_table, is_sweep_dir
-from icl_lab.report.oocr_figures import oocr_verdict
 from icl_lab.report.page import render_html
 from icl_lab.report.verdict import Verdict, judge, verdict_lines
 from icl_lab.run.files import RunFiles, open_run_files
@@ -44,12 +43,16 @@ def build_report(runs: Sequence[RunFiles], progress: Progress | None = None,
     verdicts: list[Verdict] = []
     for i, run in enumerate(runs):
         data.append(collect_run(run))
-        if run.config.data.kind != "oocr":  # out-of-context reasoning runs get their own verdict line
+        section = report_section(run.config.data.kind)
+        if section is None or section.verdict is None:  # an organism with its own verdict lines replaces this one
             verdicts.append(judge(run))
         if progress is not None:
             progress("report", i + 1, len(runs) + 1)
     lines = verdict_lines(verdicts) if verdicts else []
-    lines += [oocr_verdict(d) for d in data if d.oocr]
+    for d in data:
+        section = report_section(d.kind)
+        if d.organism and section is not None and section.verdict is not None:
+            lines += section.verdict(d)
     page = render_html(data, lines, refresh_s=refresh_s)
     if progress is not None:
         progress("report", len(runs) + 1, len(runs) + 1)

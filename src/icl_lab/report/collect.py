@@ -11,28 +11,28 @@ Example:
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from icl_lab.errors import CheckpointError
+from icl_lab.kinds import ReportSection, organism
 from icl_lab.run.files import RunFiles
 from icl_lab.run.results import ABLATION_PREFIX, Attention, ablation_summary, read_attention, read_composition, read_llc
 
 LIVE_SECONDS = 120  # a run whose status is "running" and whose log moved this recently is training
 
-__all__ = ["Attention", "RunData", "collect_run", "describe", "is_training", "missing_steps"]
+__all__ = ["Attention", "RunData", "collect_run", "describe", "is_training", "missing_steps", "report_section"]
 
 
 @dataclass(frozen=True)
 class RunData:
     """One run's report inputs. `metrics`, `summary` and `ablation` are None before `analyze` /
     `ablate` ran, `attention` before `analyze` stored the viewer; `composition` is None for
-    one-layer models (nothing to compose). `oocr` holds an out-of-context reasoning run's
-    `analysis/oocr.json` plus its accuracy table (`"accuracy"`: step, tokens, split, value), once
-    `icl-lab oocr` scored it. `missing`: one line per gap, naming the command that fills it."""
+    one-layer models (nothing to compose). `kind` is the run's data kind; `organism` holds what an
+    organism's report section collected (`icl_lab.kinds.ReportSection.collect`), once measured.
+    `missing`: one line per gap, naming the command that fills it."""
 
     name: str
     path: str
@@ -44,7 +44,8 @@ class RunData:
     ablation: dict | None
     attention: Attention | None
     composition: dict | None
-    oocr: dict | None = None
+    organism: dict | None = None
+    kind: str = ""
     missing: list[str] = field(default_factory=list)
     llc: dict | None = None  # analysis/llc.json, once `icl-lab llc` ran
 
@@ -70,14 +71,11 @@ def is_training(run: RunFiles) -> bool:
     return run.meta.get("status") == "running" and log.is_file() and time.time() - log.stat().st_mtime < LIVE_SECONDS
 
 
-def collect_oocr(run: RunFiles) -> dict | None:
-    """An out-of-context reasoning run's summary and per-checkpoint accuracy, once scored."""
-    if not run.layout.oocr.is_file():
-        return None
-    table = run.store.read(["step", "tokens", "metric", "value"])
-    table = table[table.metric.str.startswith("oocr.accuracy.")].copy()
-    table["split"] = table.metric.str.removeprefix("oocr.accuracy.")
-    return {**json.loads(run.layout.oocr.read_text()), "accuracy": table.drop(columns="metric")}
+def report_section(kind: str) -> ReportSection | None:
+    """The report section of data kind `kind`'s organism, or None (a core kind, or an organism
+    whose runs get only the core sections)."""
+    org = organism(kind)
+    return org.report() if org is not None and org.report is not None else None
 
 
 def missing_steps(run: RunFiles, data: dict) -> list[str]:
@@ -85,10 +83,9 @@ def missing_steps(run: RunFiles, data: dict) -> list[str]:
     kind = run.config.data.kind
     if not run.checkpoints:
         return [f"no checkpoints yet: train it (`icl-lab train --out {run.path}`)"]
-    if kind == "oocr":
-        return [] if data["oocr"] else ["not scored yet: score it with `icl-lab oocr TASK` (it reuses the trained run)"]
-    if kind == "modular":
-        return []
+    if organism(kind) is not None:
+        section = report_section(kind)
+        return section.missing(run, data["organism"]) if section is not None else []
     out = []
     if data["summary"] is None:
         out.append(f"not analysed yet: run `icl-lab analyze {run.path}` for the measurements, attention viewer and verdict")
@@ -108,8 +105,11 @@ def collect_run(run: RunFiles) -> RunData:
     ablation = None
     if metrics is not None and metrics.metric.str.startswith(ABLATION_PREFIX).any():
         ablation = ablation_summary(run, metrics)
-    data = {"summary": summary, "ablation": ablation, "attention": read_attention(run), "oocr": collect_oocr(run)}
+    section = report_section(run.config.data.kind)
+    data = {"summary": summary, "ablation": ablation, "attention": read_attention(run),
+            "organism": section.collect(run) if section is not None else None}
     return RunData(
         name=run.path.name, path=str(run.path), description=describe(run), training=is_training(run),
-        log=run.log, metrics=metrics, composition=read_composition(run), missing=missing_steps(run, data), llc=read_llc(run), **data,
+        log=run.log, metrics=metrics, composition=read_composition(run), missing=missing_steps(run, data), llc=read_llc(run),
+        kind=run.config.data.kind, **data,
     )

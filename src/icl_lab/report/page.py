@@ -12,14 +12,13 @@ from importlib import resources
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from icl_lab.report.collect import RunData
+from icl_lab.report.collect import RunData, report_section
 from icl_lab.report.figures import (
     composition_figure,
     loss_by_position_figure,
     loss_figure,
     pca_figure,
 )
-from icl_lab.report.oocr_figures import oocr_accuracy_figure, oocr_circuit_figure, oocr_table_html
 from icl_lab.report.table import analysis_table_figure, final_table_html
 from icl_lab.report.verdict import induction_heads
 
@@ -48,7 +47,8 @@ def _section(title: str, lead: str, body: str, anchor: str) -> str:
     return f'<section id="{anchor}"><h2>{title}</h2><p class=lead>{lead}</p>{body}</section>'
 
 
-def _plot(fig_id: str) -> str:
+def plot_div(fig_id: str) -> str:
+    """Where the figure `fig_id` is drawn on the page."""
     return f'<div class=plot id="{fig_id}"></div>'
 
 
@@ -61,35 +61,30 @@ def render_html(runs: list[RunData], verdict: list[str], refresh_s: int | None =
     analysed = [r for r in runs if r.metrics is not None]
     figures = {"fig-loss": loss_figure(runs)}
     sections = [_section("Loss over training", "Training loss (solid) and the evaluation ICL score (dotted, right axis) "
-                         "against tokens seen; shaded: the detected phase-change window.", _plot("fig-loss"), "loss")]
+                         "against tokens seen; shaded: the detected phase-change window.", plot_div("fig-loss"), "loss")]
     if analysed:
         figures |= {"fig-position": loss_by_position_figure(analysed), "fig-pca": pca_figure(analysed),
                     "fig-mat": analysis_table_figure(analysed)}
         sections += [
             _section("Loss by context position", "Loss at each token index at checkpoints through training (dark: early), "
                      "and how fast loss falls with log position over training (blue: later tokens are easier).",
-                     _plot("fig-position"), "position"),
+                     plot_div("fig-position"), "position"),
             _section("Per-token-loss PCA", "Each checkpoint's losses on a fixed set of tokens, projected on the top two "
-                     "principal components; trajectories turn during the phase change.", _plot("fig-pca"), "pca"),
+                     "principal components; trajectories turn during the phase change.", plot_div("fig-pca"), "pca"),
             _section("Model Analysis Table", "Every head's scores over training; * marks induction heads. "
                      "The final checkpoint's values follow.",
-                     _plot("fig-mat") + "".join(final_table_html(r) for r in analysed), "mat"),
+                     plot_div("fig-mat") + "".join(final_table_html(r) for r in analysed), "mat"),
         ]
-    elif not any(r.oocr for r in runs):
+    elif not any(r.organism for r in runs):
         sections.append(_section("Analysis", "No run is analysed yet; run <code>icl-lab analyze RUN</code> for the "
                                  "position, PCA and Model Analysis Table sections.", "", "analysis"))
-    for r in (r for r in runs if r.oocr):
-        figures[f"fig-oocr-{r.name}"] = oocr_accuracy_figure(r)
-        body = _plot(f"fig-oocr-{r.name}") + oocr_table_html(r)
-        circuit = oocr_circuit_figure(r)
-        if circuit is not None:
-            figures[f"fig-oocr-circuit-{r.name}"] = circuit
-            body += _plot(f"fig-oocr-circuit-{r.name}")
-        sections.append(_section(
-            f"Out-of-context reasoning: {html.escape(r.name)}", "Accuracy on trained facts and on every held-out split at each "
-            "checkpoint (dashed: chance); then, on the final model, the logit lens at every layer and position (how often the "
-            "bridge entity, or the answer, is the top entity) and hop patching (how often taking one position's residual stream "
-            "from another query makes the model answer as that query's bridge implies).", body, f"oocr-{r.name}"))
+    for r in (r for r in runs if r.organism):  # each organism's own section (`icl_lab.kinds.ReportSection`)
+        section = report_section(r.kind)
+        if section is None or section.render is None:
+            continue
+        figs, title, lead, body = section.render(r)  # the body places its figures with `plot_div`
+        figures |= figs
+        sections.append(_section(f"{title}: {html.escape(r.name)}", lead, body, f"{r.kind}-{r.name}"))
     viewer = [r for r in runs if r.attention is not None]
     if viewer:
         sections.append(_section(
@@ -105,7 +100,7 @@ def render_html(runs: list[RunData], verdict: list[str], refresh_s: int | None =
         figures["fig-composition"] = composition_figure(composing)
         sections.append(_section("Composition graph", "Weight-based composition between heads of different layers at "
                                  "the final checkpoint: an edge where the score stands out from random weights.",
-                                 _plot("fig-composition"), "composition"))
+                                 plot_div("fig-composition"), "composition"))
     payload = {"figures": {k: json.loads(pio.to_json(f, validate=False)) for k, f in figures.items()},
                "attention": [_attention_payload(r) for r in viewer]}
     run_rows = "".join(f"<tr><td><b>{html.escape(r.name)}</b></td><td>{html.escape(r.description)}"

@@ -1,13 +1,11 @@
 """Readers of what the measurement pipeline stored in `RUN/analysis/`: the attention viewer's
-patterns, the composition graph, the ablation summary, the grokking and out-of-context summaries.
+patterns, the composition graph, the ablation summary (an organism's own files are read by its package).
 They parse files only (no model, no checkpoint), so the report and the server read a run through
 them. The writers are in `icl_lab.pipeline`.
 
     analysis/attention.safetensors   uint8 patterns [step, sample, layer, head, query_pos, key_pos] and steps
     analysis/attention.json          the viewer's samples (name, token strings), steps, tokens
     analysis/composition.json        Q/K/V-composition edges of the final checkpoint with their baselines
-    analysis/grokking.json           a modular-addition run's phases, key frequencies and circuit
-    analysis/oocr.json               an out-of-context reasoning run's final accuracies
 """
 
 from __future__ import annotations
@@ -21,13 +19,12 @@ import pandas as pd
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from icl_lab.errors import CheckpointError, ConfigError
+from icl_lab.errors import CheckpointError
 from icl_lab.run.files import RunFiles
 
 ABLATION_PREFIX = "ablation."  # metric names: ablation.{kind}.{form}.{icl_removed_fraction|icl_delta|before_after_projection}
 ABLATION_KINDS = ("zero", "mean", "resample")
 ABLATION_FORMS = ("pattern_preserving", "full")
-GROKKING_PREFIX = "grokking."
 
 
 @dataclass(frozen=True)
@@ -55,10 +52,6 @@ def composition_path(files: RunFiles) -> Path:
     return files.layout.analysis_dir / "composition.json"
 
 
-def grokking_path(files: RunFiles) -> Path:
-    return files.layout.analysis_dir / "grokking.json"
-
-
 def llc_path(files: RunFiles) -> Path:
     return files.layout.analysis_dir / "llc.json"
 
@@ -66,10 +59,11 @@ def llc_path(files: RunFiles) -> Path:
 def read_llc(files: RunFiles) -> dict | None:
     """The run's `analysis/llc.json` (settings, curve, health, stages), or None before `icl-lab llc`."""
     path = llc_path(files)
-    return _json(path, files) if path.is_file() else None
+    return read_json(path, files) if path.is_file() else None
 
 
-def _json(path: Path, files: RunFiles) -> dict:
+def read_json(path: Path, files: RunFiles) -> dict:
+    """A stored JSON file of `files`, or CheckpointError naming the command that rewrites it."""
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -85,14 +79,14 @@ def read_attention(files: RunFiles) -> Attention | None:
         patterns = load_file(str(tensors))["patterns"]
     except (SafetensorError, OSError, KeyError) as e:
         raise CheckpointError(f"{tensors} is unreadable ({type(e).__name__}); rerun `icl-lab analyze {files.path}`") from None
-    record = _json(meta, files)
+    record = read_json(meta, files)
     return Attention(record["steps"], record["tokens"], record["samples"], patterns)
 
 
 def read_composition(files: RunFiles) -> dict | None:
     """The stored composition graph (edges with scores and z against the random baseline), or None."""
     path = composition_path(files)
-    return _json(path, files) if path.is_file() else None
+    return read_json(path, files) if path.is_file() else None
 
 
 def is_noise(lo: float, hi: float) -> bool:
@@ -131,43 +125,6 @@ def ablation_summary(files: RunFiles, table: pd.DataFrame) -> dict:
         out["note"] = ("the clean ICL score's 95% interval reaches 0, so the shares of it removed are left empty (NaN); "
                        "the changes in it (icl_delta) are in metrics.parquet")
     return out
-
-
-def grokking_table(files: RunFiles) -> pd.DataFrame:
-    """A modular-addition run's progress measures, one row per checkpoint and one column per
-    measure (`step` first), read back from its metrics table.
-
-    Raises:
-        ConfigError: the run has not been measured (`icl-lab grok --run RUN`).
-    """
-    if not files.store.exists():
-        raise ConfigError(f"{files.path} has no metrics yet; run `icl-lab grok --run {files.path}` first")
-    t = files.store.read(["step", "metric", "value"])
-    t = t[t.metric.str.startswith(GROKKING_PREFIX)]
-    wide = t.pivot_table(index="step", columns="metric", values="value").reset_index()
-    wide.columns = [str(c).removeprefix(GROKKING_PREFIX) for c in wide.columns]
-    return wide.sort_values("step").reset_index(drop=True)
-
-
-def frequency_table(wide: pd.DataFrame) -> pd.DataFrame:
-    """The embedding's norm per frequency: [step x frequency k] from `grokking_table`'s `embed_norm.{k}` columns."""
-    cols = sorted((c for c in wide.columns if c.startswith("embed_norm.")), key=lambda c: int(c.split(".")[1]))
-    out = wide[cols].copy()
-    out.columns = [int(c.split(".")[1]) for c in cols]
-    out.index = wide.step
-    return out
-
-
-def grokking_summary(files: RunFiles) -> dict:
-    """The run's `analysis/grokking.json`.
-
-    Raises:
-        ConfigError: not measured yet.
-    """
-    path = grokking_path(files)
-    if not path.is_file():
-        raise ConfigError(f"{files.path} has no grokking summary yet; run `icl-lab grok --run {files.path}` first")
-    return _json(path, files)
 
 
 def is_fresh(files: RunFiles, path: Path) -> bool:

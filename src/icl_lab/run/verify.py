@@ -174,8 +174,9 @@ def _checkpoints(layout: RunLayout, cfg: ExperimentConfig | None, fix: str) -> l
 
 def _analysis(layout: RunLayout) -> list[FileCheck]:
     checks = []
-    stored = [layout.analysis_dir / name for name in ("attention.json", "composition.json", "grokking.json", "provenance.json")]
-    for path in (layout.summary, layout.before_after, layout.oocr, *stored):
+    # every JSON file the pipeline stored: the core's and each organism's summary
+    stored = sorted(layout.analysis_dir.glob("*.json")) if layout.analysis_dir.is_dir() else []
+    for path in stored:
         if path.is_file():
             try:
                 json.loads(path.read_bytes().decode("utf-8"))

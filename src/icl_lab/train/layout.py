@@ -67,10 +67,6 @@ class RunLayout:
         return self.analysis_dir / "summary.json"
 
     @property
-    def oocr(self) -> Path:
-        return self.analysis_dir / "oocr.json"
-
-    @property
     def before_after(self) -> Path:
         return self.analysis_dir / "before_after.json"
 

@@ -1,5 +1,6 @@
 """Named experiment presets. Each is a full `ExperimentConfig`; the CLI's `--steps/--seed` and a
-notebook's `.replace(...)` adjust them."""
+notebook's `.replace(...)` adjust them. The core presets are here; each model organism registers
+its own (`register_preset`) from its package."""
 
 from __future__ import annotations
 
@@ -40,46 +41,6 @@ _BOOST_MODEL = dict(_NATURAL_MODEL, positional="learned")
 _BOOST_DATA = dict(**_NATURAL_DATA, boost=1.0)
 _BOOST_TRAIN = dict(steps=8000, batch_size=4, lr=3e-3, warmup_steps=500, schedule="constant", log_every=50)
 
-# Out-of-context reasoning (docs/oocr.md): facts need MLP memory and LayerNorm for stable
-# memorisation; answers are the only targets (Batch.loss_mask). Vocabulary and context come from
-# the task itself. Weight decay is what lets held-out compositions grok (Wang et al. 2024).
-_OOCR_MODEL = dict(n_layers=2, d_model=128, n_heads=4, d_mlp=512, positional="learned", normalization="layernorm")
-_OOCR_TRAIN = dict(steps=1500, batch_size=256, lr=1e-3, warmup_steps=100, weight_decay=0.1, log_every=50, n_checkpoints=60)
-_OOCR_TASKS = {
-    "reversal": ("facts x R y, 70% of pairs also trained reversed: is the untrained direction learned? (the reversal curse)",
-                 dict(task="reversal", n_items=200, held_out=0.3), {}, dict(steps=1000)),
-    "chain": ("A->B, B->C and A->C for 80% of chains: is A->C inferred for the rest?",
-              dict(task="chain", n_items=200, held_out=0.2), {}, {}),
-    "chain-cot": ("the chain task with the bridge written out (x 1 y z)", dict(task="chain-cot", n_items=200, held_out=0.2), {}, {}),
-    "chain-same": ("the chain task with both facts in one training sequence", dict(task="chain-same", n_items=200, held_out=0.2), {}, {}),
-    # phi 12: the middle of Wang et al.'s range, where ID generalisation lags memorisation visibly within ~10 min here
-    # (phi 7.2 had not generalised by 10k steps, phi 18 generalised with memorisation; docs/oocr.md)
-    "two-hop": ("two-hop composition e r1 r2 over 200 entities x 20 relations, phi 12: in-distribution vs OOD",
-                dict(task="two-hop", n_items=200, n_relations=20, phi=12.0), dict(n_layers=4), dict(steps=12000)),
-}
-
-# Grokking modular addition (docs/grokking.md), as Nanda et al. (2023): one ReLU layer, no
-# LayerNorm, full-batch AdamW with weight decay 1.0 on 30% of the pairs mod 113. No biases (as
-# TransformerLens's grokking replication), so weight decay reaches every parameter; no gradient
-# clipping, a 10-step warm-up; a float64 log-softmax in the loss, as theirs (in float32 the
-# memorised training set's loss spikes every few hundred steps and the weights stop shrinking).
-_GROKKING_P, _GROKKING_FRAC = 113, 0.3
-_GROKKING_MODEL = dict(n_layers=1, d_model=128, n_heads=4, d_mlp=512, d_vocab=_GROKKING_P + 1, n_ctx=4, positional="learned",
-                       normalization="none", act_fn="relu", bias=False, loss_dtype="fp64")
-# lr 3e-3, three times theirs: AdamW's decay timescale 1/(lr wd) sets when grokking comes, and at
-# 1e-3 it came at ~14k full-batch steps (a development run), at 3e-3 at 2.0k-2.4k (3 seeds; docs/grokking.md).
-_GROKKING_TRAIN = dict(steps=5000, batch_size=round(_GROKKING_FRAC * _GROKKING_P**2), lr=3e-3, warmup_steps=10, weight_decay=1.0,
-                       betas=(0.9, 0.98), grad_clip=0.0, n_checkpoints=150, log_every=10)
-
-
-def _oocr_preset(name: str, task: dict, model: dict, train: dict) -> dict:
-    from icl_lab.data.oocr import OOCRConfig, build_task
-
-    built = build_task(OOCRConfig(**task))
-    return dict(name=f"oocr-{name}", model={**_OOCR_MODEL, "d_vocab": built.d_vocab, "n_ctx": built.n_ctx, **model},
-                data={"kind": "oocr", "oocr": task}, train={**_OOCR_TRAIN, **train})
-
-
 _PRESETS: dict[str, tuple[str, dict | Callable[[], dict]]] = {
     "synthetic-2l": (
         "2-layer attention-only model on repeated random segments: forms induction heads (the phase change)",
@@ -110,21 +71,20 @@ _PRESETS: dict[str, tuple[str, dict | Callable[[], dict]]] = {
         "natural-2l on BOOSTED text (every window repeats 3 spans of its own text); measured on un-boosted text",
         dict(name="natural-boost-2l", model=_BOOST_MODEL, data=_BOOST_DATA, train=_BOOST_TRAIN),
     ),
-    "grokking-1l": (
-        "1-layer ReLU transformer on (a + b) mod 113, 30% of pairs, full batch, weight decay 1: groks (Nanda et al. 2023)",
-        dict(name="grokking-1l", model=_GROKKING_MODEL,
-             data={"kind": "modular", "modular": {"p": _GROKKING_P, "frac": _GROKKING_FRAC}}, train=_GROKKING_TRAIN),
-    ),
 }
 
 
-def _add_oocr() -> None:
-    for name, (desc, task, model, train) in _OOCR_TASKS.items():
-        # built on demand: the task's vocabulary size needs the task, which takes up to a second to build
-        _PRESETS[f"oocr-{name}"] = (desc, lambda name=name, task=task, model=model, train=train: _oocr_preset(name, task, model, train))
+def register_preset(name: str, description: str, spec: dict | Callable[[], dict]) -> None:
+    """Add a named preset: a model organism's (`icl_lab.organisms`) presets register themselves.
+    `spec` is the `ExperimentConfig` data, or a function that builds it on demand (when it needs
+    work, such as building a task to size the vocabulary).
 
-
-_add_oocr()
+    Raises:
+        ConfigError: the name is taken by another preset.
+    """
+    if name in _PRESETS and _PRESETS[name][1] is not spec:
+        raise ConfigError(f"preset {name!r} is registered twice; choose another name")
+    _PRESETS[name] = (description, spec)
 
 
 def preset_names() -> dict[str, str]:

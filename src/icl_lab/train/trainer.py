@@ -112,10 +112,11 @@ def _is_complete(layout: RunLayout, steps: int) -> bool:
     return all(checkpoint_problem(layout.checkpoint(s)) is None for s in saved)
 
 
-def _check_same_data(layout: RunLayout, fingerprint: str) -> None:
-    """Resuming must draw the same data the run started on (a changed corpus, tokenizer or BOS would not)."""
+def _check_same_data(layout: RunLayout, fingerprint: str, legacy: tuple[str, ...] = ()) -> None:
+    """Resuming must draw the same data the run started on (a changed corpus, tokenizer or BOS would
+    not); `legacy` are the fingerprints an earlier icl-lab wrote for this same data."""
     before = read_meta(layout.meta).get("data_fingerprint")
-    if before is not None and before != fingerprint:
+    if before is not None and before != fingerprint and before not in legacy:
         raise ConfigError(f"{layout.root} was trained on other data (corpus, tokenizer or BOS changed since, "
                           f"fingerprint {before} -> {fingerprint}); restore them or start a new run with another --out")
 
@@ -202,7 +203,8 @@ def _train(cfg: ExperimentConfig, layout: RunLayout, resume: bool, progress: Pro
     fingerprint = data.fingerprint(derive_seed(cfg.seed, "data"))
     start = resume_point(layout) if resume and world.is_main else None
     if start is not None:  # before anything is written: the run's files stay as they were
-        _check_same_data(layout, fingerprint)
+        legacy = data.legacy_fingerprints(derive_seed(cfg.seed, "data")) if hasattr(data, "legacy_fingerprints") else ()
+        _check_same_data(layout, fingerprint, legacy)
     start = world.broadcast(start)  # every rank resumes from the checkpoint rank 0 picked
     if isinstance(data, TextStream) and world.is_main:  # the run decodes its own tokens without the cache
         data.tokens.tokenizer.save(layout.tokenizer)

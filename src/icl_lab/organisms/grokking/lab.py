@@ -1,0 +1,107 @@
+"""`run_grokking`: one grokking run, end to end, reusing whatever is already done."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from icl_lab.organisms.grokking.task import train_size
+from icl_lab.organisms.grokking.pipeline import evaluate_run, is_evaluated
+from icl_lab.organisms.grokking.results import grokking_summary
+from icl_lab.run.rundir import Run, load_run
+from icl_lab.train.config import ExperimentConfig
+from icl_lab.train.presets import get_preset
+from icl_lab.train.trainer import ensure_trained
+
+Log = Callable[[str], None]
+TrainProgress = Callable[[str, int, int], None]  # (run name, step, total)
+
+
+@dataclass(frozen=True)
+class GrokkingResult:
+    """One run's outcome.
+
+    Attributes:
+        run: the run directory.
+        summary: `analysis/grokking.json` (see `icl_lab.organisms.grokking.pipeline.evaluate_run`).
+        report: the run's HTML page.
+        seconds: wall-clock time of this call, training included.
+        trained: whether this call trained (False when the run was reused).
+    """
+
+    run: Run
+    summary: dict
+    report: Path
+    seconds: float
+    trained: bool
+
+
+def grok_experiment(p: int = 113, frac: float = 0.3, seed: int = 0, steps: int | None = None,
+                    weight_decay: float | None = None, lr: float | None = None) -> ExperimentConfig:
+    """The `grokking-1l` preset for modulus `p` and training share `frac`, full batch, with the run
+    seed also drawing the split (so seeds differ in initialisation and split alike).
+
+    Raises:
+        ConfigError: an invalid p, frac or override.
+    """
+    cfg = get_preset("grokking-1l").replace(seed=seed, model={"d_vocab": p + 1}, data={"modular": {"p": p, "frac": frac, "split_seed": seed}})
+    over = {k: v for k, v in (("steps", steps), ("weight_decay", weight_decay), ("lr", lr)) if v is not None}
+    return cfg.replace(train={"batch_size": train_size(cfg.data.modular), **over})
+
+
+def run_name(cfg: ExperimentConfig) -> str:
+    """p113-f0.3-wd1-s0: what differs between the runs of one folder."""
+    m, t = cfg.data.modular, cfg.train
+    extra = "" if t.lr == get_preset("grokking-1l").train.lr else f"-lr{t.lr:g}"
+    return f"p{m.p}-f{m.frac:g}-wd{t.weight_decay:g}{extra}-s{cfg.seed}"
+
+
+def run_grokking(p: int = 113, frac: float = 0.3, seed: int = 0, out: str | Path = "runs/grokking", steps: int | None = None,
+                 weight_decay: float | None = None, lr: float | None = None, log: Log | None = None,
+                 train_progress: TrainProgress | None = None, measure_progress: TrainProgress | None = None) -> GrokkingResult:
+    """Train (or reuse) the run in `out/p{P}-f{FRAC}-wd{WD}-s{SEED}`, measure every checkpoint, find
+    the phases, analyse the final model and write the run's report page.
+
+    Args:
+        p, frac, seed: the modulus, the training share and the seed (initialisation and split).
+        out: folder of the runs.
+        steps, weight_decay, lr: override the preset's (weight_decay=0 is the no-grokking control).
+        log: called with a line for each thing done.
+        train_progress, measure_progress: called with (run name, done, total).
+
+    Raises:
+        ConfigError: invalid settings, or the run folder holds another experiment.
+    """
+    log = log or (lambda line: None)
+    t0 = time.perf_counter()
+    cfg = grok_experiment(p, frac, seed, steps, weight_decay, lr)
+    path = Path(out) / run_name(cfg)
+    progress = (lambda step, total, rec: train_progress(path.name, step, total)) if train_progress else None
+    _, trained = ensure_trained(cfg, path, progress, announce=lambda: log(f"training {path.name} ({cfg.train.steps:,} full-batch steps)"))
+    result = measure_grokking(path, log, measure_progress)
+    return GrokkingResult(result.run, result.summary, result.report, time.perf_counter() - t0, trained)
+
+
+def measure_grokking(path: str | Path, log: Log | None = None, measure_progress: TrainProgress | None = None) -> GrokkingResult:
+    """Measure an existing modular-addition run (e.g. one `icl-lab train --preset grokking-1l` wrote)
+    unless it is already measured since its last checkpoint, and write its report page.
+
+    Raises:
+        CheckpointError: `path` is not a run directory.
+        ConfigError: the run is not a modular-addition run.
+    """
+    log = log or (lambda line: None)
+    t0 = time.perf_counter()
+    run = load_run(path)
+    if is_evaluated(run):
+        summary = grokking_summary(run)
+    else:
+        log(f"measuring every checkpoint of {run.path.name}")
+        summary = evaluate_run(run, measure_progress)
+    log(f"writing the report of {run.path.name}")
+    from icl_lab.organisms.grokking.page import write_grokking_report  # plotly loads only when a page is written
+
+    report = write_grokking_report(run)
+    return GrokkingResult(run, summary, report, time.perf_counter() - t0, False)
