@@ -60,6 +60,21 @@ def test_text_signals_name_the_heads_the_rule_names(monkeypatch):
     assert ts.text_signals(model, probe)["induction_heads"] == [[1, 1]]
 
 
+def test_a_previous_token_head_is_a_layer_0_head_in_the_text_signals_too(monkeypatch):
+    """One definition (issue #26): the ladder's signals counted a head of any layer above 0.5,
+    the ladder's table and the reproduction layer 0 only."""
+    import sys
+
+    from icl_lab.measure import make_text_probe
+
+    ts = sys.modules["icl_lab.measure.text_signals"]
+    model = icl_lab.Transformer(icl_lab.ModelConfig(n_layers=2, d_model=32, n_heads=2, d_vocab=60, n_ctx=40), seed=0).eval()
+    probe = make_text_probe(np.random.default_rng(0).integers(1, 60, 5000).astype(np.uint16), 40, 60, 0, n_windows=4, n_passages=2)
+    scores = torch.tensor([[0.9, 0.2], [0.95, 0.1]])  # [layer, head]: a layer-1 head attends to the previous token too
+    monkeypatch.setattr(ts, "previous_token_scores", lambda model, tokens: scores)
+    assert ts.text_signals(model, probe)["prev_token_heads"] == [[0, 0]]
+
+
 def test_bootstrap_means_leave_nan_examples_out():
     per = torch.tensor([[1.0, 10.0], [1.0, 10.0], [1.0, float("nan")], [1.0, float("nan")]] * 8)
     lo, hi = mean_interval(per)

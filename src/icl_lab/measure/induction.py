@@ -8,7 +8,7 @@ in every summary."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 INDUCTION_THRESHOLDS = {"prefix_matching": 0.5, "copying": 0.5}  # strictly greater than each; copying reads
 COPYING_METRICS = ("copying", "copying_total")  # ... the larger of these two (a missing or NaN one counts as absent)
@@ -37,6 +37,17 @@ def induction_heads(heads: Iterable[Mapping]) -> list[tuple[int, int]]:
     """(layer, head) of every head record (`{layer, head, prefix_matching, copying, ...}`, as in
     `summary.json`'s `heads`) that passes the rule, in the records' order."""
     return [(int(h["layer"]), int(h["head"])) for h in heads if is_induction_head(h)]
+
+
+PREVIOUS_TOKEN_HEAD = 0.5  # a layer-0 head whose previous-token score on text is above this
+
+
+def previous_token_heads(previous_token: Sequence[Sequence[float]]) -> list[list[int]]:
+    """[[0, head], ...] of the layer-0 heads whose previous-token score ([layer][head]) is above
+    PREVIOUS_TOKEN_HEAD: the one definition of a previous-token head (issue #26). Layer 0 only,
+    because it is the head the induction circuit's K-composition builds on (Olsson et al.'s
+    two-layer circuit); a later head that attends to the previous token is not counted."""
+    return [[0, head] for head, score in enumerate(previous_token[0]) if float(score) > PREVIOUS_TOKEN_HEAD]
 
 
 def passes_direct_rule(scores: Mapping) -> bool:

@@ -27,13 +27,12 @@ from icl_lab.data.text import sample_windows
 from icl_lab.measure.copying import copying_scores
 from icl_lab.measure.evalset import rare_and_common_tokens
 from icl_lab.measure.head_scores import prefix_matching_scores, previous_token_scores, repeated_random_tokens
-from icl_lab.measure.induction import induction_heads
+from icl_lab.measure.induction import induction_heads, previous_token_heads
 from icl_lab.measure.losses import icl_score, loss_by_token, per_token_losses
 from icl_lab.measure.memory import DEFAULT_MAX_BYTES
 from icl_lab.model.transformer import Transformer
 
 PROBE_SEED = 20220308
-PREV_TOKEN_HEAD = 0.5  # a head with previous-token score above this on text counts as a previous-token head
 
 
 @dataclass(frozen=True)
@@ -86,8 +85,8 @@ def text_signals(model: Transformer, probe: TextProbe) -> dict:
     Returns:
         {"prefix_matching", "copying", "prev_token_text", "prev_token_random": [layer][head],
          "passage_first", "passage_second", "passage_gain" (first - second, nats), "icl" (nats),
-         "induction_heads": [[layer, head], ...] by #10's rule, "prev_token_heads": same for
-         prev_token_text > PREV_TOKEN_HEAD}
+         "induction_heads": [[layer, head], ...] by #10's rule, "prev_token_heads": the layer-0
+         heads above 0.5 on text (`icl_lab.measure.induction.previous_token_heads`)}
     """
     pm = prefix_matching_scores(model, probe.repeated, probe.seg_len)
     copy = copying_scores(model, probe.repeated, first=probe.first)
@@ -102,7 +101,7 @@ def text_signals(model: Transformer, probe: TextProbe) -> dict:
         "prefix_matching": pm.tolist(), "copying": copy.tolist(),
         "prev_token_text": prev_text.tolist(), "prev_token_random": prev_random.tolist(),
         "passage_first": first, "passage_second": second, "passage_gain": first - second, "icl": icl,
-        "induction_heads": ind, "prev_token_heads": (prev_text > PREV_TOKEN_HEAD).nonzero().tolist(),
+        "induction_heads": ind, "prev_token_heads": previous_token_heads(prev_text.tolist()),
     }
 
 
