@@ -10,6 +10,7 @@ engines and the same failure handling: a task that dies is yielded with its exce
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -166,9 +167,12 @@ def _ray(fn: Callable, tasks: Sequence, n_jobs: int, threads: int, address: str 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         try:
             if address:
-                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+                with _single_node(ray, _is_loopback(address)):  # else Ray would dial 127.0.0.1 as the machine's address
+                    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
             else:
-                _local_ray(ray, n_jobs * threads, dashboard)
+                with _single_node(ray):
+                    ray.init(num_cpus=n_jobs * threads, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                             log_to_driver=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ConfigError(f"cannot start or reach Ray at {address or 'a local instance'} "
                               f"({str(e).splitlines()[0][:160]}); check --address or use --executor local") from None
@@ -187,26 +191,36 @@ def _ray(fn: Callable, tasks: Sequence, n_jobs: int, threads: int, address: str 
             ray.shutdown()
 
 
-def _local_ray(ray: Any, cpus: int, dashboard: bool) -> None:
-    """A private single-node Ray whose servers all listen on 127.0.0.1 (tests/sweep/test_ray.py).
+@contextlib.contextmanager
+def _single_node(ray: Any, on: bool = True) -> Iterator[None]:
+    """Ray in single-node mode for the block: a private Ray whose servers (GCS, raylet, agents,
+    workers, this driver) all listen on 127.0.0.1 (tests/sweep/test_sweep.py), or a driver that
+    dials a loopback head at 127.0.0.1 itself.
 
-    Ray replaces a node address of 127.0.0.1 by the machine's own address unless it runs as a
-    single-node Ray (its default on macOS and Windows, `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`); then
-    the GCS, raylet, agents and workers bind to loopback. The switch is set for this start only
-    (and inherited by the processes it spawns), so a later `--address` connects as usual."""
+    Ray replaces the address 127.0.0.1 by the machine's own address, unless it runs single-node
+    (its default on macOS and Windows, `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`): then it keeps
+    127.0.0.1 and binds to loopback. The switch holds for this start only (the processes it spawns
+    inherit it), so a later `--address` of a real cluster connects as usual."""
+    if not on:
+        yield
+        return
     from ray._private import ray_constants
 
     env_before, flag_before = os.environ.get(_SINGLE_NODE), ray_constants.ENABLE_RAY_CLUSTER
     os.environ[_SINGLE_NODE], ray_constants.ENABLE_RAY_CLUSTER = "0", False
     try:
-        ray.init(num_cpus=cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=False,
-                 logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
+        yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = flag_before
         if env_before is None:
             os.environ.pop(_SINGLE_NODE, None)
         else:
             os.environ[_SINGLE_NODE] = env_before
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "127.0.0.1", "::1")
 
 
 _SINGLE_NODE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"

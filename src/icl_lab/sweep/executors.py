@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +88,10 @@ def run_sweep(jobs: list[Job], out: str | Path, executor: str = "local", n_jobs:
     out.mkdir(parents=True, exist_ok=True)
     threads = threads or default_threads(executor, n_jobs)
     start, done = time.perf_counter(), {}
-    stream = map_tasks(run_job, jobs, executor, n_jobs, threads, address=address, slurm=slurm, slurm_cluster=slurm_cluster,
-                       folder=out / ".submitit", name="icl-lab-sweep", dashboard=dashboard)
+    # workers elsewhere (a Ray node, a SLURM job) start in another folder: give them absolute run paths
+    placed = [replace(j, out=str(Path(j.out).resolve())) for j in jobs]
+    stream = map_tasks(run_job, placed, executor, n_jobs, threads, address=address, slurm=slurm, slurm_cluster=slurm_cluster,
+                       folder=out.resolve() / ".submitit", name="icl-lab-sweep", dashboard=dashboard)
 
     def result() -> SweepResult:
         trials = [done.get(j.name) or _pending(j) for j in jobs]
@@ -97,7 +99,7 @@ def run_sweep(jobs: list[Job], out: str | Path, executor: str = "local", n_jobs:
 
     for i, res in stream:
         job = jobs[i]
-        res = _failed(job, res) if isinstance(res, BaseException) else res
+        res = _failed(job, res) if isinstance(res, BaseException) else {**res, "run": job.out}  # as the caller named it
         done[job.name] = res
         write_json(out / "sweep.json", result().to_json())  # a crashed sweep still records what finished
         if progress is not None:
