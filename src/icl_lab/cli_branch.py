@@ -24,6 +24,8 @@ def branch_cmd(
     steps: Optional[int] = typer.Option(None, help="Train the branch to this step [default: the parent's steps]."),
     out: Path = typer.Option(..., help="The branch's run directory."),
     resume: bool = typer.Option(False, help="Continue an interrupted branch in --out."),
+    device: Optional[str] = typer.Option(None, help="Where the branch trains: auto, cpu or cuda [default: auto]; not part of the run."),
+    dtype: Optional[str] = typer.Option(None, help="The branch's train.dtype: fp32 or bf16 [default: the parent's]."),
 ) -> None:
     """Train a branch: the run continued from its checkpoint at --from (weights, optimiser state and
     data position, so it sees exactly the parent's batches), with an intervention held from there
@@ -37,7 +39,8 @@ def branch_cmd(
         def progress(step: int, total: int, rec) -> None:
             bar.update(task, completed=step, total=total)
 
-        path = branch(run_dir, from_step, out, intervene, until, changes={"train": {"steps": steps}} if steps else None,
+        train = {k: v for k, v in (("steps", steps), ("device", device), ("dtype", dtype)) if v is not None}
+        path = branch(run_dir, from_step, out, intervene, until, changes={"train": train} if train else None,
                       progress=progress, resume=resume)
     console.print(f"branch of {run_dir} from step {from_step} ({intervene or 'no intervention'}"
                   f"{f' until {until}' if until else ''}) in [bold]{path}[/]; next: `icl-lab analyze {path}`, "

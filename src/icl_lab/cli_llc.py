@@ -41,6 +41,8 @@ def llc_cmd(
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Checkpoints at once [default: this machine's cores]."),
     threads: int = typer.Option(1, help="Torch threads per checkpoint task with --executor."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address with --executor ray [default: a local Ray]."),
+    device: str = typer.Option("cpu", help="Where the chains run: cpu, cuda, cuda:N or auto."),
+    dtype: str = typer.Option("fp32", help="Chain dtype: fp32, bf16, fp16 or fp64 (SGLD's small steps want fp32)."),
     reuse: bool = typer.Option(False, help="Skip a run whose llc.json is newer than its last checkpoint and has these settings."),
     json_out: bool = typer.Option(False, "--json", help="Print the summaries as JSON on stdout, nothing else."),
 ) -> None:
@@ -70,7 +72,8 @@ def llc_cmd(
     if calibrate:
         with Progress(*columns, console=err_console, transient=True) as bar:
             task = bar.add_task(f"calibrate on {loaded[0].path.name}", total=None)
-            cal = calibrate_run(loaded[0], base, progress=lambda _, done, total: bar.update(task, completed=done, total=total))
+            cal = calibrate_run(loaded[0], base, progress=lambda _, done, total: bar.update(task, completed=done, total=total),
+                                device=device, dtype=dtype)
         calibration = {**cal.to_json(), "run": str(loaded[0].path)}
         _print_calibration(cal, json_out)
     summaries = {}
@@ -88,7 +91,8 @@ def llc_cmd(
             summaries[str(run.path)] = llc_run(run, settings, heads, checkpoints, None if executor == "serial" else executor,
                                                jobs, threads, address,
                                                calibration=cal if not explicit else {**cal, "overridden": explicit} if cal else None,
-                                               progress=lambda _, done, total: bar.update(task, completed=done, total=total))
+                                               progress=lambda _, done, total: bar.update(task, completed=done, total=total),
+                                               device=device, dtype=dtype)
     _print_summaries(summaries, json_out)
 
 

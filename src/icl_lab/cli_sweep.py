@@ -24,7 +24,14 @@ err_console = Console(stderr=True)
 def sweep_cmd(
     sweep_file: Path = typer.Argument(..., help="A sweep YAML file (e.g. sweeps/layers.yaml)."),
     executor: str = typer.Option("local", help="local (a process pool), ray or slurm (submitit job arrays)."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (e.g. 10.0.0.5:6379) [default: a local Ray]."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (e.g. 10.0.0.5:6379) [default: a local Ray on 127.0.0.1]."),
+    dashboard: bool = typer.Option(False, "--dashboard", help="With a local Ray: start its dashboard (on 127.0.0.1)."),
+    slurm_cluster: str = typer.Option("slurm", help="With --executor slurm: submitit's cluster, slurm or local "
+                                      "(the same job path on this machine)."),
+    device: Optional[str] = typer.Option(None, help="Where every trial trains and measures: auto, cpu or cuda "
+                                         "[default: the preset's train.device, stages on cpu]; not part of the runs."),
+    dtype: Optional[str] = typer.Option(None, help="Every trial's train.dtype: fp32 or bf16 (autocast) [default: the "
+                                        "preset's]; part of the runs, as a grid field."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Trials at once (local workers, SLURM array parallelism, local Ray CPUs)."),
     threads: Optional[int] = typer.Option(None, help="Torch threads per trial [default: cores // jobs locally, 1 elsewhere]."),
     out: Optional[Path] = typer.Option(None, help="Folder of the runs and sweep.json [default: the file's out:, or runs/sweeps/NAME]."),
@@ -34,17 +41,15 @@ def sweep_cmd(
     """Train a family of runs (a preset x a grid of dotted overrides x seeds), then analyse, ablate
     or report each, on a local process pool, Ray or SLURM. Finished runs are reused and unfinished
     ones resumed, so rerunning a sweep only does what is missing. Writes OUT/sweep.json."""
-    from icl_lab.sweep import EXECUTORS, default_threads, expand, load_sweep, run_sweep
+    from icl_lab.engines import slurm_parameters
+    from icl_lab.sweep import default_threads, expand, load_sweep, run_sweep
 
-    if executor not in EXECUTORS:
-        raise ConfigError(f"unknown --executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
-    if address is not None and executor != "ray":
-        raise ConfigError("--address is the Ray cluster's address; add --executor ray or drop --address")
-    if jobs < 1 or (threads is not None and threads < 1):
-        raise ConfigError(f"--jobs and --threads must be at least 1 (got {jobs}, {threads})")
+    _check_options(executor, address, dashboard, slurm_cluster, jobs, threads)
     spec = load_sweep(sweep_file)
+    if executor == "slurm":  # the slurm: block as submitit will get it (an unknown key fails here)
+        slurm_parameters(spec.slurm, jobs, threads or 1)
     out = out or Path(spec.out or Path("runs") / "sweeps" / sweep_file.stem)
-    trials = expand(spec, out, where=sweep_file.name)
+    trials = expand(spec, out, where=sweep_file.name, device=device, dtype=dtype)
     if dry_run:
         _print_plan(trials, executor, jobs, threads or default_threads(executor, jobs), json_out)
         return
@@ -59,14 +64,33 @@ def sweep_cmd(
             bar.update(task, completed=done, description=f"sweep {sweep_file.stem} ({executor}{note})")
 
         result = run_sweep(trials, out, executor=executor, n_jobs=jobs, threads=threads, address=address,
-                           slurm=spec.slurm, progress=progress,
-                           extra={"sweep": str(sweep_file), "preset": spec.preset, "then": list(spec.then)})
+                           slurm=spec.slurm, slurm_cluster=slurm_cluster, progress=progress, dashboard=dashboard,
+                           extra={"sweep": str(sweep_file), "preset": spec.preset, "then": list(spec.then),
+                                  "device": device, "dtype": dtype})
     if json_out:
         print(json.dumps(result.to_json(), indent=2))
     else:
         _print_table(result)
     if result.failed:
         raise typer.Exit(1)
+
+
+def _check_options(executor: str, address: str | None, dashboard: bool, slurm_cluster: str, jobs: int,
+                   threads: int | None) -> None:
+    from icl_lab.sweep import EXECUTORS
+
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown --executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if (address is not None or dashboard) and executor != "ray":
+        raise ConfigError("--address and --dashboard are Ray's; add --executor ray or drop them")
+    if address is not None and dashboard:
+        raise ConfigError("--dashboard starts with a local Ray; a cluster at --address has its own (ray start --include-dashboard)")
+    if slurm_cluster not in ("slurm", "local"):
+        raise ConfigError(f"unknown --slurm-cluster {slurm_cluster!r}; choose slurm or local")
+    if slurm_cluster != "slurm" and executor != "slurm":
+        raise ConfigError("--slurm-cluster is submitit's; add --executor slurm or drop it")
+    if jobs < 1 or (threads is not None and threads < 1):
+        raise ConfigError(f"--jobs and --threads must be at least 1 (got {jobs}, {threads})")
 
 
 def _print_plan(trials: list, executor: str, jobs: int, threads: int, json_out: bool) -> None:

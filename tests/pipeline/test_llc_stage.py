@@ -131,9 +131,10 @@ def test_cli_measures_reuses_and_rejects_conflicting_flags(run):
     assert again.returncode == 0 and "LLC" in again.stdout
     assert read_llc(run)["timing"] == out["timing"]  # reused: nothing was re-measured
     assert out["timing"]["executor"] == "local"
-    serial = cli(*flags, "--executor", "serial", "--json")
+    serial = cli(*flags, "--executor", "serial", "--device", "cpu", "--dtype", "fp32", "--json")
     assert serial.returncode == 0  # the same estimates in one process (its torch may use more threads: to rounding)
     assert json.loads(serial.stdout)["llc"] == pytest.approx(out["llc"], rel=1e-5)
+    assert json.loads(serial.stdout)["timing"]["device"] == "cpu" and out["timing"]["dtype"] == "fp32"
     bad = cli("--calibrate", "--lr", "1e-3")
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "--calibrate chooses" in bad.stderr
     odd = cli("--executor", "dask")

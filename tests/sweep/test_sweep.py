@@ -1,12 +1,15 @@
 """Sweeps: validation messages, expansion into named jobs, and one tiny sweep through every executor
-(local pool, submitit's local backend, a local Ray) with equal results and bit-equal weights."""
+(local pool, submitit's local backend, a local Ray, a Ray head through --address) with equal results
+and bit-equal weights; every Ray these tests start listens on loopback only and is stopped alone."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+import icl_lab
 from icl_lab.errors import ConfigError
 from icl_lab.run import load_run
 from icl_lab.sweep import Job, expand, load_sweep, run_job, run_sweep
@@ -22,6 +26,7 @@ from icl_lab.train.trainer import fit
 
 TINY = {"preset": "synthetic-2l", "seeds": [0], "then": ["analyze"],
         "grid": {"model.n_layers": [1, 2], "train.steps": [30], "train.n_checkpoints": [4]}}
+SRC = str(Path(icl_lab.__file__).parents[1])  # subprocesses import this checkout, not an installed copy
 SAME = ("name", "status", "error", "final_loss", "icl_score", "phase_change", "induction_heads")  # not run/seconds/trained
 
 
@@ -77,6 +82,25 @@ def test_expansion_is_ordered_named_and_builds_each_config(tmp_path):
 def test_a_bad_trial_fails_alone_with_its_reason(tmp_path):
     res = run_job(Job("bad", {"model": {"n_layers": 1}}, str(tmp_path / "bad"), ()))
     assert res["status"] == "failed" and res["error"].startswith("invalid job bad:")
+
+
+def test_device_stays_out_of_the_runs_and_dtype_goes_in(tmp_path):
+    spec = load_sweep(write(tmp_path, TINY))
+    plain, placed = expand(spec, tmp_path / "o"), expand(spec, tmp_path / "o", device="cpu", dtype="fp32")
+    assert [j.name for j in placed] == [j.name for j in plain] and all(j.device == "cpu" for j in placed)
+    assert all(j.config["train"]["dtype"] == "fp32" for j in placed)
+    for kw, match in (({"device": "tpu"}, r"unknown --device 'tpu'; choose auto, cpu or cuda"),
+                      ({"dtype": "fp8"}, r"unknown --dtype 'fp8'; choose fp32 or bf16")):
+        with pytest.raises(ConfigError, match=match):
+            expand(spec, tmp_path / "o", **kw)
+    with pytest.raises(ConfigError, match=r"the grid sweeps train.dtype; drop --dtype or the grid field"):
+        expand(load_sweep(write(tmp_path, {**TINY, "grid": {"train.dtype": ["fp32", "bf16"]}}, "d.yaml")), tmp_path, dtype="fp32")
+    job = Job("cpu", {**placed[0].config, "train": {**placed[0].config["train"], "steps": 4, "n_checkpoints": 2,
+                                                   "warmup_steps": 1}}, str(tmp_path / "cpu"), (), device="cpu")
+    assert run_job(job)["status"] == "ok"
+    run = load_run(job.out)
+    assert run.config.train.device == "auto" and run.meta["device"] == "cpu"  # where it ran: meta.json only
+    assert run_job(Job(job.name, job.config, job.out, ()))["trained"] is False  # same run without --device
 
 
 def _tiny_sweep(root: Path, executor: str, **kw) -> tuple[list[Job], list[dict]]:
@@ -152,54 +176,126 @@ def test_submitit_local_gives_the_same_results(local):
     _assert_same(trials, _tiny_sweep(root, "slurm", slurm_cluster="local")[1])
 
 
-def _listening() -> set[str]:
-    """Addresses that this process's descendants (Ray's GCS, raylet, workers) listen on."""
+def _listeners(pids: set[int]) -> set[tuple[str, int]]:
+    """(address, port) of every listening socket of these processes."""
     import psutil
 
-    pids = {p.pid for p in psutil.Process().children(recursive=True)}
-    return {c.laddr.ip for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in pids}
+    return {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in pids}
 
 
-def test_ray_local_gives_the_same_results(local):
+def _loopback_only(listening: set[tuple[str, int]]) -> bool:
+    """Every address is 127.0.0.1, also as an IPv6 socket's IPv4-mapped ::ffff:127.0.0.1 (gRPC's form)."""
+    import ipaddress
+
+    ips = [ipaddress.ip_address(ip) for ip, _ in listening]
+    return all((getattr(ip, "ipv4_mapped", None) or ip) == ipaddress.ip_address("127.0.0.1") for ip in ips)
+
+
+def _ray_pids() -> set[int]:
+    """This process (the driver) and its descendants: the GCS, raylet, agents and workers of a local Ray."""
+    import psutil
+
+    me = psutil.Process()
+    return {me.pid, *(p.pid for p in me.children(recursive=True))}
+
+
+def test_a_local_ray_listens_on_loopback_only_and_gives_the_local_results(local):
     pytest.importorskip("ray")
+    pytest.importorskip("psutil")
     root, _, trials = local
-    _assert_same(trials, _tiny_sweep(root, "ray")[1])
+    seen: list[set] = []
+    _, ray_trials = _tiny_sweep(root, "ray", progress=lambda res, done, total: seen.append(_listeners(_ray_pids())))
+    _assert_same(trials, ray_trials)
+    listening = set().union(*seen)
+    assert len(listening) >= 3 and _loopback_only(listening), sorted(listening)
 
 
-def test_a_ray_head_started_apart_runs_the_sweep_through_address(local, tmp_path):
-    """`ray start --head` on 127.0.0.1 (no dashboard, usage stats off), then the sweep through
-    `--address`: the same results as the local pool, bit for bit."""
-    pytest.importorskip("ray")
-    import shutil
+def _free_port() -> int:
     import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    """`ray start --head` on 127.0.0.1 in a subprocess with its own temp dir, in single-node
+    (loopback) mode; afterwards exactly the processes it started are killed, no other Ray."""
+    pytest.importorskip("ray")
+    psutil = pytest.importorskip("psutil")
+    import shutil
+    import tempfile
 
     ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent))
     if ray_bin is None:
         pytest.skip("the ray command is not installed next to this python")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    start = subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                            "--include-dashboard=false", "--disable-usage-stats"], capture_output=True, text=True, env=env)
-    assert start.returncode == 0, start.stderr[-1500:]
+    temp = Path(tempfile.mkdtemp(prefix="icl-ray-", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
+    port = _free_port()
+    import secrets
+
+    # token auth with a token of its own (never the user's ~/.ray/auth_token); the driver gets it too
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": SRC, **auth}
+    with open(temp / "start.log", "w") as log:
+        head = subprocess.Popen([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                                 f"--temp-dir={temp}", "--include-dashboard=false", "--disable-usage-stats", "--block"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        root, jobs, trials = local
-        cluster = expand(load_sweep(write(tmp_path, TINY)), tmp_path / "cluster")
-        res = run_sweep(cluster, tmp_path / "cluster", executor="ray", n_jobs=2, threads=1, address=f"127.0.0.1:{port}")
-        _assert_same(trials, res.trials)
+        deadline = time.monotonic() + 240
+        while "Ray runtime started" not in (temp / "start.log").read_text():
+            assert head.poll() is None and time.monotonic() < deadline, (temp / "start.log").read_text()[-2000:]
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}", head, auth
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env)
+        mine = [head.pid, *(p.pid for p in psutil.Process(head.pid).children(recursive=True))] if head.poll() is None else []
+        mine += [p.pid for p in psutil.process_iter(["cmdline"]) if str(temp) in " ".join(p.info["cmdline"] or [])]
+        for pid in dict.fromkeys(mine):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        head.wait(timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="Ray 2.60 binds its GCS, raylet and worker gRPC servers to all interfaces "
-                   "even with _node_ip_address=127.0.0.1 (docs/sweeps.md); strict, so a fix shows up here")
-def test_local_ray_listens_on_loopback_only(tmp_path):
-    pytest.importorskip("ray")
-    pytest.importorskip("psutil")
-    seen: list[set[str]] = []
-    _tiny_sweep(tmp_path, "ray", progress=lambda res, done, total: seen.append(_listening()))  # while Ray runs
-    assert seen[0] and seen[0] <= {"127.0.0.1"}, seen
+def test_a_four_trial_sweep_through_address_of_a_loopback_head(local, ray_head, tmp_path):
+    """`icl-lab sweep --executor ray --address` (a process of its own: Ray 2.60 cannot start a second
+    driver in a process whose first one shut down): the trials match the local pool's, and the
+    head's servers and the driver listen on loopback only."""
+    import psutil
+
+    address, head, auth = ray_head
+    root, _, trials = local
+    write(tmp_path, {**TINY, "seeds": [0, 1]})
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", **auth}
+    cli = subprocess.Popen([sys.executable, "-m", "icl_lab.cli", "sweep", "sweep.yaml", "--out", "cluster", "--executor", "ray",
+                            "--address", address, "--jobs", "2", "--threads", "1", "--json"], cwd=tmp_path, env=env, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen: set = set()
+    try:
+        while cli.poll() is None:  # while it runs: the head's processes and the driver's
+            pids = {head.pid, cli.pid}
+            for root_pid in (head.pid, cli.pid):
+                try:
+                    pids |= {p.pid for p in psutil.Process(root_pid).children(recursive=True)}
+                except psutil.NoSuchProcess:
+                    pass
+            seen |= _listeners(pids)
+            time.sleep(0.5)
+        out, err = cli.communicate()
+    finally:
+        if cli.poll() is None:  # a failure above: stop the driver this test started
+            cli.kill()
+            cli.wait()
+    assert cli.returncode == 0, err[-2000:]
+    res = json.loads(out)["trials"]
+    assert [t["status"] for t in res] == ["ok"] * 4, res
+    for t in res:
+        t["run"] = str(tmp_path / t["run"])
+    _assert_same(trials, [t for t in res if t["name"].endswith("seed0")])
+    assert len(seen) >= 3 and _loopback_only(seen), sorted(seen)
 
 
 def test_cli_dry_run_and_one_line_errors(tmp_path):

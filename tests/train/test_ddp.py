@@ -1,6 +1,7 @@
 """Data-parallel training with torchrun and DDP (gloo, loopback): a 2-process run is the same run as
-one process on the same global batch (to 1e-5 after 20 AdamW steps), rank 0 alone writes the run
-directory, and a DDP run stopped mid-way resumes bit-identically."""
+one process on the same global batch (to 1e-5 after 20 AdamW steps), through a script and through
+the documented `torchrun -m icl_lab.cli train`; rank 0 alone writes the run directory, and a DDP
+run stopped mid-way resumes bit-identically."""
 
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ from tests.train.test_resume import small_experiment
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch without gloo")
 WORKER = Path(__file__).with_name("ddp_worker.py")
 ROOT = Path(__file__).parents[2]
+PYTHONPATH = os.pathsep.join([str(ROOT / "src"), str(ROOT)])  # this checkout's icl_lab, and tests/ for the worker
 
 
 def torchrun(cfg, out: Path, mode: str = "fresh", nproc: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": PYTHONPATH}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            str(WORKER), json.dumps(cfg.model_dump(mode="json")), str(out), mode]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -57,6 +59,32 @@ def test_two_processes_match_one_on_the_same_global_batch(cfg, ddp_run, tmp_path
     assert ddp_run.log.step.tolist() == single.log.step.tolist()
     assert max(abs(x - y) for x, y in zip(ddp_run.log.loss, single.log.loss)) < 1e-5  # the logged loss is the global batch's
     assert ddp_run.meta["world_size"] == 2 and ddp_run.meta["status"] == "complete"
+
+
+def _worst(a_dir: Path, b_dir: Path, step: int) -> float:
+    a, b = load_weights(load_run(a_dir).layout.checkpoint(step)), load_weights(load_run(b_dir).layout.checkpoint(step))
+    return max(float((a[k] - b[k]).abs().max()) for k in a if not k.endswith("attn.b_K"))  # b_K: see above
+
+
+def test_the_documented_launch_torchrun_m_icl_lab_cli_train(cfg, tmp_path):
+    """`torchrun --standalone --nproc-per-node 2 -m icl_lab.cli train`, as docs/scale.md launches it:
+    the same run as one process, to the documented 1e-5, and every rank leaves its process group."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(cfg.model_dump(mode="json")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": PYTHONPATH}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "icl_lab.cli",
+           "train", "--config", str(config), "--out", str(tmp_path / "ddp")]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "destroy_process_group" not in r.stderr  # torch warns about a group left behind at exit
+    torch.set_num_threads(1)
+    fit(cfg, tmp_path / "single")
+    ddp = load_run(tmp_path / "ddp")
+    assert ddp.meta["world_size"] == 2 and ddp.meta["status"] == "complete"
+    assert ddp.config.train.device == "auto"  # where it ran is in meta.json, not in the config that reruns it
+    assert _worst(tmp_path / "single", tmp_path / "ddp", 20) <= 1e-5
+    single = load_run(tmp_path / "single")
+    assert max(abs(x - y) for x, y in zip(ddp.log.loss, single.log.loss)) < 1e-5
 
 
 def test_ddp_run_stopped_mid_way_resumes_bit_identically(cfg, ddp_run, tmp_path):

@@ -78,7 +78,8 @@ def fan_out(run: Run, name: str, options: dict[str, Any] | None = None, steps: S
     if not all_steps:
         raise ConfigError(f"{run.path} has no checkpoints yet; train it first")
     todo = [s for s in all_steps if m.wants(s, all_steps)]
-    tasks = [(str(run.path), name, options or {}, s, all_steps, device, dtype, max_bytes) for s in todo]
+    path = str(run.path.resolve())  # a task on another node or in another folder (Ray, SLURM) needs the absolute path
+    tasks = [(path, name, options or {}, s, all_steps, device, dtype, max_bytes) for s in todo]
     by_step: dict[int, list[dict]] = {}
     failures: list[str] = []
     for i, result in map_tasks(checkpoint_task, tasks, engine, n_jobs, threads, address=address, slurm=slurm,

@@ -28,6 +28,7 @@ from icl_lab.measure.evalset import EvalSet, eval_tokens
 from icl_lab.measure.llc import LLCEstimate, SGLDSettings, llc
 from icl_lab.measure.llc_calibration import Calibration, calibrate, calibration_steps
 from icl_lab.measure.llc_stages import compare_stages
+from icl_lab.measure.placement import place
 from icl_lab.pipeline.base import Context, Measurement, Progress, register, store_rows, walk
 from icl_lab.run.results import llc_path
 from icl_lab.run.rundir import Run
@@ -104,13 +105,14 @@ def llc_steps(steps: Sequence[int], n: int | None) -> list[int]:
 
 
 def calibrate_run(run: Run, base: SGLDSettings | None = None, grid: dict | None = None,
-                  progress: Progress | None = None) -> Calibration:
+                  progress: Progress | None = None, device: str | None = None, dtype: str | None = None) -> Calibration:
     """Calibrate the SGLD settings on `run` (`icl_lab.measure.llc_calibration`) and store the
-    result in `RUN/analysis/llc_calibration.json`."""
+    result in `RUN/analysis/llc_calibration.json`; the chains run on `device` in `dtype` (default
+    cpu, fp32)."""
     steps = calibration_steps(run.checkpoints)
     if not steps:
         raise ConfigError(f"{run.path} has no checkpoints after step 0 to calibrate on; train it first")
-    models = {s: run.model(s) for s in steps}
+    models = {s: place(run.model(s), device, dtype) for s in steps}
     cal = calibrate(models, llc_tokens(run), base, grid,
                     progress=None if progress is None else lambda d, t: progress(run.path.name, d, t))
     write_json(run.layout.analysis_dir / "llc_calibration.json", {"run": str(run.path), **cal.to_json(),
@@ -120,7 +122,8 @@ def calibrate_run(run: Run, base: SGLDSettings | None = None, grid: dict | None 
 
 def llc_run(run: Run, settings: SGLDSettings | None = None, heads: bool = False, checkpoints: int | None = None,
             executor: str | None = None, jobs: int = 1, threads: int = 1, address: str | None = None,
-            calibration: dict | None = None, progress: Progress | None = None) -> dict:
+            calibration: dict | None = None, progress: Progress | None = None, device: str | None = None,
+            dtype: str | None = None) -> dict:
     """Estimate the LLC at the checkpoints of `run`, store the rows, write and return the summary.
 
     Args:
@@ -129,25 +132,27 @@ def llc_run(run: Run, settings: SGLDSettings | None = None, heads: bool = False,
         checkpoints: measure this many checkpoints, spread over log-steps (default: all).
         executor: None serially; "local", "ray" or "slurm" fans checkpoints out (`jobs` at once).
         calibration: the calibration these settings came from (recorded in the summary).
+        device, dtype: where the chains run ("cpu", "cuda", "auto"; "fp32", "bf16", ...; default cpu, fp32).
     """
     settings = settings or SGLDSettings()
     m = LLC(settings, heads)
     steps = llc_steps(run.checkpoints, checkpoints)
     start = time.perf_counter()
     if executor is None:
-        table = walk(run, [m], steps=steps, progress=progress)
+        table = walk(run, [m], steps=steps, progress=progress, device=device, dtype=dtype)
     else:
         from icl_lab.pipeline.fanout import fan_out
 
         table = fan_out(run, "llc", {"settings": settings.model_dump(), "heads": heads}, steps, executor, jobs, threads,
-                        address=address, progress=progress)
+                        address=address, device=device, dtype=dtype, progress=progress)
     seconds = time.perf_counter() - start
     m.start(run, None, None, None)  # for the provenance's data fingerprint
     store_rows(run, [m], table)
     summary = summarize(run, table, m.settings(), calibration)
     summary["timing"] = {"seconds": round(seconds, 2), "checkpoints": len(steps), "executor": executor or "serial",
                          "jobs": jobs if executor else 1, "threads": threads if executor else torch.get_num_threads(),
-                         "seconds_per_checkpoint": round(seconds / max(1, len(steps)), 2)}
+                         "seconds_per_checkpoint": round(seconds / max(1, len(steps)), 2),
+                         "device": device or "cpu", "dtype": dtype or "fp32"}
     write_json(llc_path(run), summary)
     return summary
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from icl_lab.engines import ENGINES, default_threads, map_tasks
-from icl_lab.errors import ConfigError
+from icl_lab.errors import ConfigError, IclLabError
 from icl_lab.io import atomic_write, write_json
 from icl_lab.run import load_run
 from icl_lab.sweep.job import run_job
@@ -56,7 +56,7 @@ class SweepResult:
 
 def run_sweep(jobs: list[Job], out: str | Path, executor: str = "local", n_jobs: int = 1, threads: int | None = None,
               address: str | None = None, slurm: dict[str, Any] | None = None, slurm_cluster: str = "slurm",
-              progress: Progress | None = None, extra: dict | None = None) -> SweepResult:
+              progress: Progress | None = None, extra: dict | None = None, dashboard: bool = False) -> SweepResult:
     """Run every job on `executor` and write `out/sweep.json` (atomically, after each finished trial).
 
     Args:
@@ -66,16 +66,19 @@ def run_sweep(jobs: list[Job], out: str | Path, executor: str = "local", n_jobs:
         n_jobs: trials at once (local workers, SLURM array parallelism, Ray CPUs of a local instance).
         threads: torch threads per trial (default `default_threads`).
         address: Ray cluster address (`ray.init(address=...)`); None starts a local Ray.
-        slurm: extra submitit parameters (`slurm_partition`, `timeout_min`, ...).
+        slurm: the sweep file's submitit parameters (`slurm_partition`, `timeout_min`, ...; they
+            override icl-lab's defaults: `icl_lab.engines.slurm_parameters`).
         slurm_cluster: submitit's cluster: "slurm", or "local" to run the same path on this machine.
         progress: optional callback(result, done, total) after each trial.
         extra: more fields for sweep.json (the sweep file, the preset).
+        dashboard: start the Ray dashboard (127.0.0.1) with a local Ray.
 
     Returns:
         The `SweepResult`; failed trials are in it with their reason, never raised.
 
     Raises:
-        ConfigError: an unknown executor, a bad `n_jobs`, or an engine that is missing or refuses to start.
+        ConfigError: an unknown executor, a bad `n_jobs`, an unknown `slurm:` key, or an engine that
+            is missing or refuses to start.
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
@@ -85,8 +88,10 @@ def run_sweep(jobs: list[Job], out: str | Path, executor: str = "local", n_jobs:
     out.mkdir(parents=True, exist_ok=True)
     threads = threads or default_threads(executor, n_jobs)
     start, done = time.perf_counter(), {}
-    stream = map_tasks(run_job, jobs, executor, n_jobs, threads, address=address, slurm=slurm, slurm_cluster=slurm_cluster,
-                       folder=out / ".submitit", name="icl-lab-sweep")
+    # workers elsewhere (a Ray node, a SLURM job) start in another folder: give them absolute run paths
+    placed = [replace(j, out=str(Path(j.out).resolve())) for j in jobs]
+    stream = map_tasks(run_job, placed, executor, n_jobs, threads, address=address, slurm=slurm, slurm_cluster=slurm_cluster,
+                       folder=out.resolve() / ".submitit", name="icl-lab-sweep", dashboard=dashboard)
 
     def result() -> SweepResult:
         trials = [done.get(j.name) or _pending(j) for j in jobs]
@@ -94,7 +99,7 @@ def run_sweep(jobs: list[Job], out: str | Path, executor: str = "local", n_jobs:
 
     for i, res in stream:
         job = jobs[i]
-        res = _failed(job, res) if isinstance(res, BaseException) else res
+        res = _failed(job, res) if isinstance(res, BaseException) else {**res, "run": job.out}  # as the caller named it
         done[job.name] = res
         write_json(out / "sweep.json", result().to_json())  # a crashed sweep still records what finished
         if progress is not None:
@@ -133,6 +138,9 @@ def _pending(job: Job) -> dict:
 
 
 def _failed(job: Job, e: BaseException) -> dict:
-    """A trial the engine lost (a killed worker, a cancelled job): recorded, not raised."""
+    """A trial the engine lost (a killed worker, a cancelled or timed-out job): recorded with the
+    reason, not raised; the next run of the sweep resumes it from its last checkpoint."""
+    if isinstance(e, IclLabError):  # the engine's own one-line reason (`engines.LostTask`)
+        return {**_pending(job), "status": "failed", "error": str(e)}
     text = (str(e).strip().splitlines() or [""])[-1][:300]
     return {**_pending(job), "status": "failed", "error": f"{type(e).__name__}: {text}"}

@@ -38,9 +38,12 @@ def run_job(job: Job, threads: int = 1) -> dict:
               "trained": False, "seconds": 0.0, "final_loss": None, "icl_score": None, "phase_change": None,
               "phase_change_tokens": None, "induction_heads": None}
     try:
-        _, result["trained"] = ensure_trained(ExperimentConfig.parse(job.config, where=f"job {job.name}"), job.out)
+        cfg = ExperimentConfig.parse(job.config, where=f"job {job.name}")
+        if job.device is not None:  # where it runs, not which run it is: config.json keeps "auto"
+            cfg = cfg.replace(train={"device": job.device})
+        _, result["trained"] = ensure_trained(cfg, job.out)
         run = load_run(job.out)
-        _run_stages(run, job.stages)
+        _run_stages(run, job.stages, job.device)
         result.update(_numbers(run, job.stages))
     except Exception as e:  # noqa: BLE001 - a trial's failure is data for the sweep table, with its reason
         result["status"] = "failed"
@@ -50,12 +53,13 @@ def run_job(job: Job, threads: int = 1) -> dict:
     return result
 
 
-def _run_stages(run: Run, stages: tuple[str, ...]) -> None:
-    """Each stage is skipped when its stored results are already up to date (as `--reuse`)."""
+def _run_stages(run: Run, stages: tuple[str, ...], device: str | None) -> None:
+    """Each stage is skipped when its stored results are already up to date (as `--reuse`); the
+    measurements run in fp32 on `device` whatever dtype trained the run."""
     if "analyze" in stages and not is_analysed([run]):
-        analyze([run])
+        analyze([run], device=device)
     if "ablate" in stages and not is_ablated(run):
-        ablate_run(run)
+        ablate_run(run, device=device)
     if "report" in stages and not _report_fresh(run):
         write_report([run.path])
 

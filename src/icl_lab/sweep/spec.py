@@ -5,6 +5,7 @@ and expanded into named `Job`s in a fixed order. The executors (`sweep.executors
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import yaml
 from pydantic import BaseModel, Field, field_validator
 
 from icl_lab._config import FrozenConfig
+from icl_lab.engines import slurm_parameters
 from icl_lab.errors import ConfigError
 from icl_lab.train.config import ExperimentConfig
 from icl_lab.train.presets import get_preset
@@ -33,7 +35,8 @@ class SweepSpec(FrozenConfig):
             the product of all value lists.
         then: stages after training, run in the order analyze, ablate, report.
         out: folder of the runs (relative to the working directory); `--out` overrides it.
-        slurm: extra `submitit` parameters for `--executor slurm` (e.g. `slurm_partition`, `timeout_min`).
+        slurm: `submitit` parameters for `--executor slurm` (e.g. `slurm_partition`, `timeout_min`,
+            `mem_gb`); they override icl-lab's defaults, and an unknown key is refused with the valid ones.
     """
 
     preset: str
@@ -84,6 +87,8 @@ class Job:
         stages: stages after training, in order.
         point: the grid values of this trial (dotted field -> value), for the family table.
         seed: its seed.
+        device: where it trains and measures ("cpu", "cuda", "auto"; None: the config's `train.device`
+            for training and the CPU for the stages). Not part of the run: config.json keeps "auto".
     """
 
     name: str
@@ -92,6 +97,7 @@ class Job:
     stages: tuple[str, ...]
     point: dict = field(default_factory=dict)
     seed: int = 0
+    device: str | None = None
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
@@ -117,6 +123,11 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raise ConfigError(f"sweep file {path} must be a mapping with at least `preset:`; see sweeps/layers.yaml")
     spec = SweepSpec.parse(data, where=f"sweep file {path.name}")
     expand(spec, Path("."), where=path.name)  # builds every config: a bad value fails before any training
+    if spec.slurm and importlib.util.find_spec("submitit") is not None:  # without it, checked at submission
+        try:
+            slurm_parameters(spec.slurm, 1, 1)
+        except ConfigError as e:
+            raise ConfigError(f"sweep file {path.name}: {e}") from None
     return spec
 
 
@@ -162,7 +173,8 @@ def _job_name(point: dict[str, Any], labels: dict[str, str], seed: int) -> str:
     return _UNSAFE.sub("_", "-".join(parts))
 
 
-def expand(spec: SweepSpec, out: str | Path, where: str = "sweep") -> list[Job]:
+def expand(spec: SweepSpec, out: str | Path, where: str = "sweep", device: str | None = None,
+           dtype: str | None = None) -> list[Job]:
     """The sweep's jobs: the grid's product (fields in file order, values in list order), each
     with every seed; the same file always gives the same jobs in the same order.
 
@@ -170,6 +182,9 @@ def expand(spec: SweepSpec, out: str | Path, where: str = "sweep") -> list[Job]:
         spec: the validated sweep.
         out: the sweep folder; job `j` trains into `out / j.name`.
         where: how error messages name the sweep (its file name).
+        device: where every trial trains and measures (`Job.device`; not part of any run).
+        dtype: every trial's `train.dtype` ("fp32" or "bf16" autocast): part of each run, as a
+            one-value grid field would be.
 
     Returns:
         The jobs.
@@ -183,6 +198,15 @@ def expand(spec: SweepSpec, out: str | Path, where: str = "sweep") -> list[Job]:
         raise ConfigError(f"{where}: preset: {e}") from None
     for key in spec.grid:
         _check_field(base, key, where)
+    if dtype is not None:
+        if "train.dtype" in spec.grid:
+            raise ConfigError(f"{where}: the grid sweeps train.dtype; drop --dtype or the grid field")
+        try:
+            base = base.replace(train={"dtype": dtype})
+        except ConfigError:
+            raise ConfigError(f"unknown --dtype {dtype!r}; choose fp32 or bf16") from None
+    if device not in (None, "auto", "cpu", "cuda"):
+        raise ConfigError(f"unknown --device {device!r}; choose auto, cpu or cuda")
     labels = _labels(spec.grid)
     jobs, names = [], set()
     for values in itertools.product(*spec.grid.values()):
@@ -197,5 +221,5 @@ def expand(spec: SweepSpec, out: str | Path, where: str = "sweep") -> list[Job]:
             if name in names:  # two values that only differ in characters a folder name cannot hold
                 raise ConfigError(f"{where}: two grid points share the run name {name}; make their values distinct")
             names.add(name)
-            jobs.append(Job(name, cfg.model_dump(mode="json"), str(Path(out) / name), tuple(spec.then), point, seed))
+            jobs.append(Job(name, cfg.model_dump(mode="json"), str(Path(out) / name), tuple(spec.then), point, seed, device))
     return jobs

@@ -17,7 +17,9 @@ every method is a no-op, so the trainer has one code path.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -53,13 +55,21 @@ class World:
             return torch.device("cuda", self.local_rank)
         return device
 
-    def init(self, device: torch.device) -> None:
-        """Join the process group (gloo on CPU, NCCL on CUDA), once."""
+    @contextlib.contextmanager
+    def joined(self, device: torch.device) -> Iterator[None]:
+        """Inside the block, this process is in the group (gloo on CPU, NCCL on CUDA); after it, the
+        group is destroyed, so torchrun's processes exit without a dangling group. A group that
+        already existed (a script that set one up itself) is left to its owner."""
         if self.size <= 1 or dist.is_initialized():
+            yield
             return
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=10))
+        try:
+            yield
+        finally:
+            dist.destroy_process_group()
 
     def check_batch(self, batch_size: int) -> None:
         if batch_size % self.size:

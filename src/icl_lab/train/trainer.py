@@ -101,7 +101,9 @@ def _prepare_dir(cfg: ExperimentConfig, layout: RunLayout, resume: bool) -> None
         if not stored.same_run(cfg):
             raise ConfigError(f"{layout.root} holds a run with a different config; resume it with its own config or choose another --out")
         return  # the stored config is this one: leave the file alone
-    write_json(layout.config, cfg.model_dump(mode="json"))
+    # where it trains is not part of the experiment (`same_run`): config.json stays portable, and
+    # meta.json records the device that trained it
+    write_json(layout.config, cfg.replace(train={"device": "auto"}).model_dump(mode="json"))
 
 
 def _is_complete(layout: RunLayout, steps: int) -> bool:
@@ -172,16 +174,17 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
     if resume and layout.config.is_file() and ExperimentConfig.load(layout.config).same_run(cfg) and _is_complete(layout, cfg.train.steps):
         return layout.root  # nothing left to train: keep meta.json's record of the machine that trained it
     world = World.from_env()
-    if not world.is_main:  # under torchrun: rank 0 holds the lock and owns the directory; the others only train
-        return _train(cfg, layout, resume, progress, world, fork)
-    try:
-        with hold_run(layout):
-            clean_temp_files(layout.root)  # only a trainer holding the lock writes in these two folders
-            clean_temp_files(layout.checkpoint_dir)
-            _prepare_dir(cfg, layout, resume)
+    with world.joined(world.device(resolve_device(cfg.train.device))):  # torchrun's group, destroyed at the end
+        if not world.is_main:  # under torchrun: rank 0 holds the lock and owns the directory; the others only train
             return _train(cfg, layout, resume, progress, world, fork)
-    except OSError as e:  # before training started (config.json, tokenizer.json): nothing to record
-        raise storage_error(e, layout) from None
+        try:
+            with hold_run(layout):
+                clean_temp_files(layout.root)  # only a trainer holding the lock writes in these two folders
+                clean_temp_files(layout.checkpoint_dir)
+                _prepare_dir(cfg, layout, resume)
+                return _train(cfg, layout, resume, progress, world, fork)
+        except OSError as e:  # before training started (config.json, tokenizer.json): nothing to record
+            raise storage_error(e, layout) from None
 
 
 def _train(cfg: ExperimentConfig, layout: RunLayout, resume: bool, progress: Progress | None, world: World,
@@ -189,8 +192,7 @@ def _train(cfg: ExperimentConfig, layout: RunLayout, resume: bool, progress: Pro
     tc = cfg.train
     if resume and _is_complete(layout, tc.steps):
         return layout.root
-    device = world.device(resolve_device(tc.device))
-    world.init(device)
+    device = world.device(resolve_device(tc.device))  # the group is joined (`fit`)
     world.check_batch(tc.batch_size)
     model = Transformer(cfg.model, seed=derive_seed(cfg.seed, "init")).to(device)
     loss_fn = world.wrap(TokenLoss(model))  # the loss goes through forward, where DDP arms its gradient sync
