@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers (pytest-xdist) on a 2-core machine: one torch thread each, and
+    # the same for the subprocesses tests start, or 4 spinning threads would share 2 cores
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 from icl_lab.model import ModelConfig, Transformer
 

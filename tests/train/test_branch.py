@@ -72,3 +72,28 @@ def test_a_branch_needs_a_checkpoint_a_head_and_steps_past_its_fork(parent, tmp_
         branch(parent.path, 0, tmp_path / "y", "ablate:L3H0")
     with pytest.raises(ConfigError, match="keeps its parent's model and data"):
         branch(parent.path, 0, tmp_path / "z", changes={"model": {"d_model": 32}})
+
+
+def test_compare_overlays_a_family_and_tabulates_the_shifts(parent, tmp_path):
+    """`icl-lab compare`: an offline page with the family's curves, the fork and release marked,
+    and a shift table read from the stored analyses (it broke silently once when a page helper
+    was renamed: nothing ran it)."""
+    from typer.testing import CliRunner
+
+    from icl_lab.cli import app
+    from icl_lab.report.compare import shift_rows, write_compare
+    from icl_lab.run import open_run_files
+
+    child = icl_lab.load_run(branch(parent.path, 0, tmp_path / "abl", "ablate:L0H0", until=64))
+    with pytest.raises(ConfigError, match="not analysed yet"):
+        write_compare([parent.path, child.path], tmp_path / "c.html")
+    icl_lab.analyze([parent, child], n_examples=16)
+    page = write_compare([parent.path, child.path], tmp_path / "c.html").read_text()
+    assert "fig-compare" in page and "ablate:L0H0 from step 0 until 64" in page and "<script src=" not in page
+    rows = shift_rows([open_run_files(parent.path), open_run_files(child.path)])
+    assert [r["run"] for r in rows] == ["parent", "abl"] and rows[1]["fork"]["until"] == 64
+    assert rows[0]["shift"] == 0 or rows[0]["shift"] != rows[0]["shift"]  # the first run against itself, or no window
+    with pytest.raises(ConfigError, match="at least two runs"):
+        write_compare([parent.path])
+    out = CliRunner().invoke(app, ["compare", str(parent.path), str(child.path), "--out", str(tmp_path / "d.html")])
+    assert out.exit_code == 0 and (tmp_path / "d.html").is_file(), out.output

@@ -20,7 +20,7 @@ from plotly.subplots import make_subplots
 from icl_lab.errors import ConfigError
 from icl_lab.io import write_text
 from icl_lab.report.figures import LAYOUT, color
-from icl_lab.report.page import _plot, _section, asset, script_json
+from icl_lab.report.page import _section, asset, plot_div, script_json
 from icl_lab.run.files import RunFiles, open_run_files
 
 PANELS = (("loss", "evaluation loss (nats)", "mean"), ("icl_score", "ICL score (nats)", "mean"),
@@ -111,7 +111,7 @@ def write_compare(paths: Sequence[str | Path], out: str | Path | None = None) ->
     figure = compare_figure(runs, tables)
     payload = {"figures": {"fig-compare": json.loads(pio.to_json(figure, validate=False))}, "attention": []}
     names = ", ".join(r.path.name for r in runs)
-    sections = _section("Trajectories", "The runs' training trajectories on their own evaluation sets.", _plot("fig-compare"), "compare")
+    sections = _section("Trajectories", "The runs' training trajectories on their own evaluation sets.", plot_div("fig-compare"), "compare")
     sections += _section("Phase windows", "Where each run's phase change happened, and how far it moved.", _shift_table(shift_rows(runs)), "shifts")
     write_text(out, f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>icl-lab compare: {html.escape(names)}</title>
