@@ -97,3 +97,17 @@ def test_compare_overlays_a_family_and_tabulates_the_shifts(parent, tmp_path):
         write_compare([parent.path])
     out = CliRunner().invoke(app, ["compare", str(parent.path), str(child.path), "--out", str(tmp_path / "d.html")])
     assert out.exit_code == 0 and (tmp_path / "d.html").is_file(), out.output
+
+
+def test_a_branch_is_analysed_with_its_intervention_held_where_it_was(parent, tmp_path):
+    """A head clamped to the previous token during training is clamped when the branch's
+    checkpoints are measured (before, the analysis switched the clamp off and scored a head whose
+    queries and keys never trained); after the release it is measured as it is."""
+    clamped = icl_lab.load_run(branch(parent.path, 0, tmp_path / "clamp", "clamp-pattern:L0H0=previous-token", until=96))
+    icl_lab.analyze([clamped], n_examples=16)
+    table = clamped.metrics()
+    prev = table[(table.metric == "previous_token") & (table.layer == 0) & (table["head"] == 0)].set_index("step").value
+    held = [s for s in clamped.checkpoints if s < 96]
+    assert (prev[held] > 0.95).all(), prev
+    assert (prev[[s for s in clamped.checkpoints if s >= 96]] < 0.9).all(), prev  # released: its own (untrained) pattern
+    assert clamped.summary()["provenance"]["branch"]["intervention"] == "clamp-pattern:L0H0=previous-token"

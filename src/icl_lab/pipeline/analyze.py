@@ -139,6 +139,7 @@ def _summary(run: Run, table: pd.DataFrame, ev: EvalSet, ms: Sequence[Measuremen
         "induction_heads": [{"layer": l, "head": h} for l, h in induction_heads(head_records)],
         "induction_rule": {"rule": induction_rule(), "thresholds": INDUCTION_THRESHOLDS},
         "provenance": {"versions": library_versions(), "analysis_version": ANALYSIS_VERSION,
+                       **({"branch": run.meta["parent"]} if run.meta.get("parent") else {}),  # its intervention is held where it was
                        "eval_set": ev.fingerprint, "eval_seed": EVAL_SEED, "bos": ev.bos,
                        "tokenizer": run.meta.get("tokenizer_fingerprint"),
                        **({"model": run.meta["model_description"]} if run.meta.get("model_description") else {})},

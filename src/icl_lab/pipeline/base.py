@@ -35,6 +35,7 @@ from icl_lab.model.transformer import Transformer
 from icl_lab.pipeline.evalstore import eval_set_for
 from icl_lab.run.rundir import Run
 from icl_lab.train.checkpoint import load_weights_into
+from icl_lab.train.interventions import held_hooks
 from icl_lab.train.trainer import library_versions
 
 Progress = Callable[[str, int, int], None]  # (run name, checkpoints done, total)
@@ -204,8 +205,9 @@ def walk(run: Run, ms: Sequence[Measurement], ev: EvalSet | None = None, steps: 
             if active:
                 load_weights_into(model, run.layout.checkpoint(step))
                 ctx = Context(run, step, step * per_step, steps, model, ev, max_bytes, frozenset(n for m in active for n in m.needs))
-                for m in active:
-                    rows += m.measure(ctx)
+                with model.hooks(held_hooks(run.meta, step, model)):  # a branch's intervention, where it was held
+                    for m in active:
+                        rows += m.measure(ctx)
             if progress is not None:
                 progress(run.path.name, i + 1, len(steps))
     return pd.DataFrame(rows)

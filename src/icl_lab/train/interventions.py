@@ -112,6 +112,17 @@ def _clamp(head: int, pattern: str) -> Callable:
     return hook
 
 
+def held_hooks(meta: dict, step: int, model: Transformer) -> list[tuple[str, Callable]]:
+    """The forward hooks of a branch's intervention (its run's `meta.json`) if it was held at the
+    checkpoint of `step` (fork <= step < until), else none. A branch is measured as it trained: a
+    head ablated or clamped during training is ablated or clamped when its checkpoints are analysed,
+    or the scores would describe a model that never ran (an untrained head switched back on)."""
+    fork = meta.get("parent") or {}
+    if not fork.get("intervention") or step < fork["step"] or (fork.get("until") is not None and step >= fork["until"]):
+        return []
+    return parse(fork["intervention"]).attach(model)
+
+
 def parse(spec: str) -> Intervention:
     """An `Intervention` from its spec (module docstring).
 
