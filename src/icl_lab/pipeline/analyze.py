@@ -38,12 +38,14 @@ from icl_lab.run.results import attention_paths
 from icl_lab.run.rundir import Run, check_eval_data
 from icl_lab.train.trainer import library_versions
 
-ANALYSIS_VERSION = 4  # bump when a definition changes: `--reuse` then redoes older analyses (3: stored views, group ablation; 4: repeated passage)
+# bump when a definition changes: `--reuse` then redoes older analyses (3: stored views, group ablation; 4: repeated passage)
+ANALYSIS_VERSION = 4
 MIN_PHASE_CHECKPOINTS = 4
 GROUP_ABLATION_MACS = 5e12  # the group ablation's multiply-adds before it uses fewer windows (decision 24): ~1 min on 2 cores
 GROUP_ABLATION_MIN_EXAMPLES = 64
 SUMMARY_METRICS = ("loss", "icl_score", *HEAD_METRICS)  # what summary.json is built from
-BESIDE = ("copying.null", "copying.margin", "copying_total", "copying_total.null", "copying_total.margin")  # in a head's record when measured
+# in a head's record when measured
+BESIDE = ("copying.null", "copying.margin", "copying_total", "copying_total.null", "copying_total.margin")
 
 
 def _phase(run: Run, table: pd.DataFrame, ms: Sequence[Measurement] = ()) -> dict:
