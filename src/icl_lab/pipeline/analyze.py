@@ -189,6 +189,26 @@ def is_analysed(runs: Sequence[Run], n_examples: int = 256) -> bool:
     return True
 
 
+def reusable_analysis(runs: Sequence[Run], n_examples: int = 256, only: Sequence[str] | None = None) -> dict[str, dict] | None:
+    """The stored summaries of `runs` when `analyze(runs, n_examples, only=only)` would only rewrite
+    them (`is_analysed`), else None: `icl-lab analyze --reuse`. A partial analysis (`only`) is never reused.
+
+    Args:
+        runs: the runs `analyze` would measure together.
+        n_examples: evaluation sequences, as `analyze`'s.
+        only: measurement names, as `analyze`'s; anything but None returns None.
+
+    Returns:
+        Run path -> its stored summary dict, in the order of `runs`; None when the analysis must run.
+
+    Example:
+        >>> reusable_analysis(runs) or analyze(runs)
+    """
+    if only is not None or not is_analysed(runs, n_examples=n_examples):
+        return None
+    return {str(r.path): r.summary() for r in runs}
+
+
 def _check(runs: Sequence[Run]) -> None:
     if not runs:
         raise ConfigError("analyze needs at least one run directory")
