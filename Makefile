@@ -61,6 +61,7 @@ reproduce-natural: $(VENV)/.installed-base
 
 test: $(VENV)/.installed-test
 	$(BIN)/lint-imports
+	$(BIN)/ruff check src tests scripts benchmarks
 	$(BIN)/python -m pytest
 
 # the tutorial notebooks, executed and rendered to HTML in docs/notebooks/: small pages that load plotly.js

@@ -41,7 +41,8 @@ def bare_forward(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
     """The same model's forward with every hook point compiled out: the reference for hook
     overhead. Supports learned positions, LayerNorm or none, MLP or none (the presets' features)."""
     cfg = model.cfg
-    assert cfg.positional == "learned" and not cfg.smeared_key and tokens.shape[1] == cfg.n_ctx, "bare_forward covers the synthetic presets only"
+    assert cfg.positional == "learned" and not cfg.smeared_key and tokens.shape[1] == cfg.n_ctx, \
+        "bare_forward covers the synthetic presets only"
     resid = F.embedding(tokens, model.W_E) + model.W_pos.expand(tokens.shape[0], -1, -1)
     for block in model.blocks:
         a = block.attn

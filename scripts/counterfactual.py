@@ -100,14 +100,16 @@ def table(out: Path) -> None:
     def k(x):
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x / 1e3:,.0f}k"
     families = json.loads((out / "families.json").read_text())
-    print("| run | intervention | window (tokens) | shift of the start [95%] | final ICL | best L1 PM | L0 prev-token | induction heads | speed vs parent |")
+    print("| run | intervention | window (tokens) | shift of the start [95%] | final ICL | best L1 PM | L0 prev-token | induction heads "
+          "| speed vs parent |")
     print("|---|---|---|---|---|---|---|---|---|")
     for parent, branches in families.items():
         parent, runs = Path(parent), [Path(parent), *map(Path, branches)]
         base_speed = _median_speed(parent)
         for row, path in zip(shift_rows([open_run_files(r) for r in runs]), runs):
             fork, f = row["fork"], _final(path)
-            what = "-" if not fork else f"{fork['intervention']} from {fork['step']}" + (f" until {fork['until']}" if fork.get("until") else "")
+            until = f" until {fork['until']}" if fork and fork.get("until") else ""
+            what = "-" if not fork else f"{fork['intervention']} from {fork['step']}" + until
             ci = f" [{k(row['shift_ci'][0])}, {k(row['shift_ci'][1])}]" if row["shift_ci"] else ""
             window = "none" if math.isnan(row["start"]) else f"{k(row['start'])}-{k(row['end'])}"
             print(f"| {path.name} | {what} | {window} | {k(row['shift'])}{ci} | {f['icl']:+.2f} | {f['pm']:.2f} | {f['prev']:.2f} "

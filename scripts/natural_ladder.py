@@ -157,7 +157,8 @@ def throughput(name: str, threads: int, steps: int = 10, repeats: int = 5) -> fl
         times.append(time.perf_counter() - t0)
     tps = steps * cfg.train.batch_size * cfg.model.n_ctx / sorted(times)[repeats // 2]
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{name}: {n_params / 1e6:.1f}M parameters, median {tps:,.0f} tokens/s on {threads} threads; 16M tokens take {16e6 / tps / 3600:.1f} h")
+    print(f"{name}: {n_params / 1e6:.1f}M parameters, median {tps:,.0f} tokens/s on {threads} threads; "
+          f"16M tokens take {16e6 / tps / 3600:.1f} h")
     return tps
 
 

@@ -47,8 +47,9 @@ def test_train_on_your_own_text(tmp_path):
         (tmp_path / "texts" / f"{i}.txt").write_text(f"the {i} quick brown fox jumps over the lazy dog. " * 40)
     r = cli("train", "--preset", "synthetic-1l", "--steps", "40", "--data", "texts", "--tokenizer", "byte", "--out", "run", cwd=tmp_path)
     assert r.returncode == 1 and "the byte tokenizer has 256 tokens but model.d_vocab=128" in r.stderr
-    (tmp_path / "cfg.json").write_text(json.dumps({"name": "mine", "model": {"n_layers": 1, "d_model": 32, "n_heads": 2, "d_vocab": 256, "n_ctx": 32},
-                                                   "data": {"kind": "text", "tokenizer": "byte"}, "train": {"steps": 30, "warmup_steps": 5}}))
+    model = {"n_layers": 1, "d_model": 32, "n_heads": 2, "d_vocab": 256, "n_ctx": 32}
+    (tmp_path / "cfg.json").write_text(json.dumps({"name": "mine", "model": model, "data": {"kind": "text", "tokenizer": "byte"},
+                                                   "train": {"steps": 30, "warmup_steps": 5}}))
     r = cli("train", "--config", "cfg.json", "--data", "texts", "--out", "run", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     run = icl_lab.load_run(tmp_path / "run")

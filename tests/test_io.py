@@ -154,7 +154,8 @@ def test_the_training_log_is_on_disk_before_each_checkpoint(tmp_path, monkeypatc
     def save(path, *args, **kwargs):
         log = path.parent.parent / "train_log.jsonl"
         if log.exists() and log.stat().st_size:
-            assert max(synced.values(), default=0) >= log.stat().st_size, "a checkpoint was written before the log rows before it were durable"
+            assert max(synced.values(), default=0) >= log.stat().st_size, \
+                "a checkpoint was written before the log rows before it were durable"
             checked.append(path.name)
         return real_save(path, *args, **kwargs)
 

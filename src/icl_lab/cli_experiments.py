@@ -23,7 +23,8 @@ def reproduce_cmd(
     out: Optional[Path] = typer.Option(None, help="Folder of the runs; the report is OUT/report.html [default: runs/reproduce, "
                                        "or runs/reproduce-natural with --data natural]."),
     scale: str = typer.Option("default", help="default (2 CPU cores), tiny (a smoke test) or paper (a GPU)."),
-    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Add SmolLM2-135M to Argument 6 [default: unless --scale tiny]."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained",
+                                              help="Add SmolLM2-135M to Argument 6 [default: unless --scale tiny]."),
     json_out: bool = typer.Option(False, "--json", help="Print the verdicts as JSON on stdout, nothing else."),
     data: str = typer.Option("synthetic", help="synthetic (all six arguments) or natural (Arguments 1 and 3 on the natural-text presets)."),
     corpus: Optional[str] = typer.Option(None, help="With --data natural: another text to train on (a bundled name, a folder, hf:PATH)."),

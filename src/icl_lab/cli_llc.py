@@ -1,6 +1,7 @@
 """The `icl-lab llc` command: the local learning coefficient at a run's checkpoints (devinterp's
 SGLD), its calibration, its stages against the phase window and the score rises. A thin shell over
-`icl_lab.pipeline.llc`; registered on the main app by `icl_lab.cli`."""
+`icl_lab.pipeline.llc` (which chooses the settings, reads calibrations and decides what `--reuse` keeps);
+registered on the main app by `icl_lab.cli`."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def llc_cmd(
                                                     "chose (its analysis/llc_calibration.json) [default: this run's own, if any]."),
     lr: Optional[float] = typer.Option(None, help="SGLD step size epsilon [default: the run's calibration, else 1e-4]."),
     gamma: Optional[float] = typer.Option(None, help="Localisation strength [default: the run's calibration, else 1000]."),
-    nbeta: Optional[float] = typer.Option(None, help="Inverse temperature n*beta [default: the calibration, else n/log n of a batch's tokens]."),
+    nbeta: Optional[float] = typer.Option(None, help="Inverse temperature n*beta [default: the calibration, else n/log n "
+                                          "of a batch's tokens]."),
     chains: int = typer.Option(4, help="SGLD chains per estimate."),
     draws: int = typer.Option(200, help="Draws per chain."),
     burnin: int = typer.Option(0, help="Steps dropped at the start of each chain."),
@@ -47,14 +49,14 @@ def llc_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the summaries as JSON on stdout, nothing else."),
 ) -> None:
     """Estimate the local learning coefficient at every checkpoint (or --checkpoints N of them) with
-    devinterp's SGLD, checkpoints fanned out over a local process pool by default, flag unhealthy estimates, find the LLC's stages and set them beside the
-    phase window and the previous-token and prefix-matching rises. Writes RUN/analysis/llc.json
-    and llc rows in the run's metrics table; --calibrate also writes llc_calibration.json."""
+    devinterp's SGLD, checkpoints fanned out over a local process pool by default, flag unhealthy
+    estimates, find the LLC's stages and set them beside the phase window and the previous-token
+    and prefix-matching rises. Writes RUN/analysis/llc.json and llc rows in the run's metrics
+    table; --calibrate also writes llc_calibration.json."""
     import icl_lab
     from icl_lab.engines import ENGINES
     from icl_lab.measure.llc import SGLDSettings
-    from icl_lab.pipeline.llc import calibrate_run, llc_run, llc_steps
-    from icl_lab.run.results import is_fresh, llc_path, read_llc
+    from icl_lab.pipeline.llc import calibrate_run, llc_run, llc_settings, read_calibration, reusable_llc
 
     if executor not in ("serial", *ENGINES):
         raise ConfigError(f"unknown --executor {executor!r}; choose serial, {', '.join(ENGINES)}")
@@ -67,7 +69,7 @@ def llc_cmd(
     base = SGLDSettings.parse({"chains": chains, "draws": draws, "burnin": burnin, "batch_size": batch_size, "seed": seed},
                               "SGLD settings")
     explicit = {k: v for k, v in {"lr": lr, "gamma": gamma, "nbeta": nbeta}.items() if v is not None}
-    calibration = _read_calibration(calibration_file) if calibration_file is not None else None
+    calibration = read_calibration(calibration_file) if calibration_file is not None else None
     columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeRemainingColumn())
     if calibrate:
         with Progress(*columns, console=err_console, transient=True) as bar:
@@ -79,37 +81,17 @@ def llc_cmd(
     summaries = {}
     with Progress(*columns, console=err_console, transient=json_out) as bar:
         for run in loaded:
-            cal = calibration or _stored_calibration(run)
-            settings = base.replace(**{k: cal["chosen"][k] for k in ("lr", "gamma", "nbeta")}) if cal else base
-            settings = settings.replace(**explicit)
-            old = read_llc(run)
-            if reuse and old and is_fresh(run, llc_path(run)) and old["settings"]["sgld"] == settings.model_dump() \
-                    and old["settings"]["heads"] == heads and old["steps"] == llc_steps(run.checkpoints, checkpoints):
+            settings, cal = llc_settings(run, base, calibration, explicit)
+            old = reusable_llc(run, settings, heads, checkpoints) if reuse else None
+            if old is not None:
                 summaries[str(run.path)] = old
                 continue
             task = bar.add_task(f"llc {run.path.name}", total=None)
             summaries[str(run.path)] = llc_run(run, settings, heads, checkpoints, None if executor == "serial" else executor,
-                                               jobs, threads, address,
-                                               calibration=cal if not explicit else {**cal, "overridden": explicit} if cal else None,
+                                               jobs, threads, address, calibration=cal,
                                                progress=lambda _, done, total: bar.update(task, completed=done, total=total),
                                                device=device, dtype=dtype)
     _print_summaries(summaries, json_out)
-
-
-def _read_calibration(path: Path) -> dict:
-    if path.is_dir():
-        path = path / "analysis" / "llc_calibration.json"
-    try:
-        record = json.loads(path.read_text())
-        record["chosen"]["lr"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ConfigError(f"{path} is not a readable llc_calibration.json; run `icl-lab llc RUN --calibrate` first") from None
-    return record
-
-
-def _stored_calibration(run) -> dict | None:
-    path = run.layout.analysis_dir / "llc_calibration.json"
-    return _read_calibration(path) if path.is_file() else None
 
 
 def _print_calibration(cal, json_out: bool) -> None:
@@ -143,7 +125,8 @@ def _print_summaries(summaries: dict[str, dict], json_out: bool) -> None:
         for stage in st["stages"]:
             console.print(f"  stage {stage['start_tokens']:>12,.0f} - {stage['end_tokens']:>12,.0f} tokens: {stage['direction']:<8}"
                           f" LLC {stage['llc_start']:.1f} -> {stage['llc_end']:.1f}")
-        for label, key in (("previous-token rise", "llc_in_previous_token_rise"), ("prefix-matching rise", "llc_in_prefix_matching_rise")):
+        for label, key in (("previous-token rise", "llc_in_previous_token_rise"),
+                           ("prefix-matching rise", "llc_in_prefix_matching_rise")):
             d, w = st.get(key), st.get(key.replace("llc_in_", "").replace("_rise", "_window"))
             if d and w:
                 console.print(f"  {label} {w['start_tokens']:,.0f}-{w['end_tokens']:,.0f} tokens: LLC {d['direction']} "

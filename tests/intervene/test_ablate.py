@@ -16,7 +16,8 @@ def toks():
 @pytest.mark.parametrize("pattern_preserving", [True, False], ids=["pattern-preserving", "full"])
 def test_batched_sweep_equals_one_pass_per_head(kind, pattern_preserving, toks):
     model = Transformer(tiny_config(n_layers=3, d_mlp=32), seed=2).eval()
-    batched = ablate_heads(model, toks, kind=kind, pattern_preserving=pattern_preserving, max_bytes=2 * (6 * 4 * 2 * 6 * 24 * 32))  # 2 a pass
+    max_bytes = 2 * (6 * 4 * 2 * 6 * 24 * 32)  # 2 a pass
+    batched = ablate_heads(model, toks, kind=kind, pattern_preserving=pattern_preserving, max_bytes=max_bytes)
     serial = ablate_heads_serially(model, toks, kind=kind, pattern_preserving=pattern_preserving)
     assert batched.shape == (1 + 3 * 2, 6, 23)
     assert torch.allclose(batched, serial, atol=1e-5)

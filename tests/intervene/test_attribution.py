@@ -10,7 +10,7 @@ import pytest
 
 import icl_lab
 from icl_lab.intervene import removed_fraction
-from icl_lab.pipeline import ablate_run, is_ablated, is_analysed
+from icl_lab.pipeline import ablate_run, is_ablated, is_analysed, reusable_ablation, reusable_analysis
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +49,13 @@ def test_reuse_checks_see_what_is_done(run):
     assert is_ablated(run, ("zero",)) and not is_ablated(run, ("zero", "mean"))
     ablate_run(run, kinds=("resample",))  # another kind joins the table without removing the first
     assert is_ablated(run, ("zero", "resample"))
+    assert reusable_analysis([run]) == {str(run.path): run.summary()} and reusable_analysis([run], only=["icl_score"]) is None
+    assert reusable_ablation(run, ("zero",))["step"] == run.checkpoints[-1] and reusable_ablation(run, ("mean",)) is None
     last = run.layout.checkpoint(run.checkpoints[-1])
     later = run.layout.metrics.stat().st_mtime + 5
     os.utime(last, (later, later))  # a checkpoint newer than the analysis: both go stale
     assert not is_analysed([run]) and not is_ablated(run, ("zero",))
+    assert reusable_analysis([run]) is None and reusable_ablation(run, ("zero",)) is None
 
 
 def test_removed_fraction_is_undefined_without_icl():

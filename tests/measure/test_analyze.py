@@ -101,7 +101,8 @@ def test_cli_json_prints_only_the_summary(runs, tmp_path):
 
 
 def test_runs_of_other_shapes_get_their_own_evaluation_set(runs, tmp_path):
-    other = icl_lab.train(icl_lab.get_preset("synthetic-2l").replace(model={"d_vocab": 64}, train={"steps": 10, "warmup_steps": 2}), out=tmp_path / "v64")
+    cfg = icl_lab.get_preset("synthetic-2l").replace(model={"d_vocab": 64}, train={"steps": 10, "warmup_steps": 2})
+    other = icl_lab.train(cfg, out=tmp_path / "v64")
     out = analyze([runs[1], other], n_examples=32, write=False)
     a, b = out[str(runs[1].path)], out[str(other.path)]
     assert a["provenance"]["eval_set"] != b["provenance"]["eval_set"]

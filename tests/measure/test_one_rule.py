@@ -12,7 +12,7 @@ import torch
 
 import icl_lab
 from icl_lab.errors import ConfigError
-from icl_lab.measure.induction import induction_heads, induction_rule, is_induction_head, passes_direct_rule
+from icl_lab.measure.induction import induction_heads, induction_rule, passes_direct_rule
 from icl_lab.measure.intervals import mean_interval
 
 

@@ -14,7 +14,7 @@ import icl_lab
 from icl_lab.errors import ConfigError
 from icl_lab.measure.llc import SGLDSettings
 from icl_lab.pipeline import analyze, calibrate_run, fan_out, llc_run, measure_run
-from icl_lab.pipeline.llc import llc_steps
+from icl_lab.pipeline.llc import llc_settings, llc_steps, read_calibration, reusable_llc
 from icl_lab.run.results import read_llc
 
 pytest.importorskip("devinterp")
@@ -55,6 +55,9 @@ def test_llc_stores_rows_health_and_a_summary(run):
     assert stored["warnings"] and "uncalibrated" in stored["warnings"][-1]  # no calibration was given
     assert {"stages", "previous_token_window", "two_part_bump"} <= set(stored["stages"])
     assert summary["timing"]["checkpoints"] == len(steps)
+    assert reusable_llc(run, FAST, heads=True) == stored  # `--reuse`: the same settings, heads and steps
+    assert reusable_llc(run, FAST) is None and reusable_llc(run, FAST.replace(draws=13), heads=True) is None
+    assert reusable_llc(run, FAST, heads=True, checkpoints=2) is None
     other = run.store.read()
     assert {"prefix_matching", "previous_token"} <= set(other.metric)  # the analysis rows stay
 
@@ -104,6 +107,21 @@ def test_calibration_records_its_grid_and_choice(run):
     assert len(record["grid"]) == 2 * len(cal.steps) and record["chosen"]["lr"] in (1e-4, 1e-3)
     assert record["rule"].startswith("healthy at every step")
     assert cal.chosen.draws == FAST.draws  # only epsilon, gamma and nbeta are calibrated
+    assert read_calibration(run.path) == read_calibration(run.layout.analysis_dir / "llc_calibration.json") == record
+    settings, used = llc_settings(run, FAST)  # the run's own calibration, stored just now
+    assert (settings.lr, settings.gamma, settings.draws) == (cal.chosen.lr, 1000.0, FAST.draws) and used == record
+    settings, used = llc_settings(run, FAST, overrides={"lr": 3e-4})  # a flag wins, and the record says so
+    assert settings.lr == 3e-4 and used == {**record, "overridden": {"lr": 3e-4}}
+    other = {"chosen": {"lr": 5e-5, "gamma": 300.0, "nbeta": 10.0}}  # another run's calibration wins over this run's
+    assert llc_settings(run, FAST, other)[0].nbeta == 10.0
+
+
+def test_a_missing_or_damaged_calibration_is_one_line(tmp_path):
+    (tmp_path / "c.json").write_text('{"chosen": {}}')
+    with pytest.raises(ConfigError, match=r"c.json is not a readable llc_calibration.json; run `icl-lab llc RUN --calibrate` first$"):
+        read_calibration(tmp_path / "c.json")
+    with pytest.raises(ConfigError, match=r"analysis/llc_calibration.json is not a readable"):
+        read_calibration(tmp_path)  # a run directory: its analysis/llc_calibration.json
 
 
 def test_checkpoint_subset_is_log_spaced_with_both_ends():

@@ -104,7 +104,8 @@ def test_every_measurement_holds_no_more_than_its_contract(probed):
     over = []
     for step, peak in probed["steps"].items():
         name = step.removeprefix("start ")
-        allowed = max(BUDGET, floors.get(name, 0)) + SLACK + (model if step.startswith("start ") else 0)  # a start may build the baseline model
+        # a start may build the baseline model
+        allowed = max(BUDGET, floors.get(name, 0)) + SLACK + (model if step.startswith("start ") else 0)
         if peak > allowed:
             over.append(f"{step}: {peak / MiB:.0f} MiB > {allowed / MiB:.0f} MiB")
     assert not over, "; ".join(over)
@@ -140,7 +141,8 @@ print(json.dumps({{'peak': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 
 def test_an_analysis_that_cannot_fit_is_refused_in_one_line(tmp_path):
     import icl_lab
 
-    run = icl_lab.train(icl_lab.get_preset("synthetic-2l").replace(train={"steps": 4, "n_checkpoints": 2, "warmup_steps": 1}), out=tmp_path / "r")
+    cfg = icl_lab.get_preset("synthetic-2l").replace(train={"steps": 4, "n_checkpoints": 2, "warmup_steps": 1})
+    run = icl_lab.train(cfg, out=tmp_path / "r")
     with pytest.raises(ResourceError, match=r"analyzing r needs about .* of 10 MB .*raise --max-memory") as e:
         icl_lab.analyze([run], max_memory="10MB")
     assert "\n" not in str(e.value)

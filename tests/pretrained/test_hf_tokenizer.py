@@ -85,7 +85,8 @@ def test_the_folder_tokenizer_and_bos_are_the_runs(tmp_path, texts):
     config["data"]["tokenizer_file"] = str(run.layout.tokenizer.resolve())
     run.layout.config.write_text(json.dumps(config))
     run.layout.tokenizer.write_text(other.read_text())
-    with pytest.raises(DataError, match=r"^run was made with tokenizer .*; restore the tokenizer it was made with, or import or train it again$"):
+    msg = r"^run was made with tokenizer .*; restore the tokenizer it was made with, or import or train it again$"
+    with pytest.raises(DataError, match=msg):
         check_eval_data(load_run(run.path))
 
 

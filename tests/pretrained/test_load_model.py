@@ -3,7 +3,6 @@ Hugging Face folder with its tokenizer.json (logits equal `transformers`), a fol
 GGUF file, a built-in name (its download stubbed), and an imported run; the tokenizer and BOS come
 attached, and bad sources fail in one line. Nothing is downloaded."""
 
-import numpy as np
 import pytest
 import torch
 

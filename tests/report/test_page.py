@@ -54,7 +54,8 @@ def test_verdict_reaches_the_page_and_the_cli(report, two, one, tmp_path):
 def test_unanalysed_run_gets_loss_and_the_commands_that_fill_the_gaps(tmp_path):
     import icl_lab
 
-    run = icl_lab.train(icl_lab.get_preset("synthetic-1l").replace(train={"steps": 20, "warmup_steps": 5, "n_checkpoints": 4}), out=tmp_path / "r")
+    cfg = icl_lab.get_preset("synthetic-1l").replace(train={"steps": 20, "warmup_steps": 5, "n_checkpoints": 4})
+    run = icl_lab.train(cfg, out=tmp_path / "r")
     rep = write_report([run.path])
     assert rep.path == run.path / "report.html"
     page = rep.path.read_text()

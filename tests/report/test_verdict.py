@@ -43,5 +43,6 @@ def test_trained_run_verdict(two, one):
 def test_unanalysed_run_is_reported_as_such(tmp_path):
     import icl_lab
 
-    run = icl_lab.train(icl_lab.get_preset("synthetic-1l").replace(train={"steps": 20, "warmup_steps": 5, "n_checkpoints": 4}), out=tmp_path / "r")
+    cfg = icl_lab.get_preset("synthetic-1l").replace(train={"steps": 20, "warmup_steps": 5, "n_checkpoints": 4})
+    run = icl_lab.train(cfg, out=tmp_path / "r")
     assert judge(run) == Verdict("r", analysed=False)

@@ -72,7 +72,8 @@ def test_expansion_is_ordered_named_and_builds_each_config(tmp_path):
     assert len(jobs) == 8 and len({j.name for j in jobs}) == 8
     assert jobs == expand(spec, tmp_path / "out")  # deterministic
     last = jobs[-1]
-    assert (last.config["model"]["n_layers"], last.config["train"]["lr"], last.config["train"]["steps"], last.config["seed"]) == (1, 0.003, 50, 1)
+    model, train = last.config["model"], last.config["train"]
+    assert (model["n_layers"], train["lr"], train["steps"], last.config["seed"]) == (1, 0.003, 50, 1)
     assert last.out == str(tmp_path / "out" / "n_layers=1-lr=0.003-seed1")
     assert last.stages == ("analyze", "report")  # the order stages must run in, whatever the file says
     only_seeds = expand(load_sweep(write(tmp_path, {"preset": "synthetic-1l", "seeds": [0, 1]}, "s.yaml")), tmp_path)

@@ -64,7 +64,8 @@ def test_a_corrupt_middle_checkpoint_of_a_finished_run_is_rewritten(finished, re
     mid = reference.checkpoints[len(reference.checkpoints) // 2]
     flip_a_byte(finished.layout.checkpoint(mid), at=-3)
     later = sum(s > mid for s in reference.checkpoints)
-    with pytest.warns(IclLabWarning, match=rf"step_{mid:07d}.safetensors .*resuming from step \d+, which rewrites it and the {later} checkpoints after it$"):
+    msg = rf"step_{mid:07d}.safetensors .*resuming from step \d+, which rewrites it and the {later} checkpoints after it$"
+    with pytest.warns(IclLabWarning, match=msg):
         fit(CFG, finished.path, resume=True)
     same_as(load_run(finished.path), reference)
 
@@ -82,7 +83,8 @@ def test_a_damaged_log_line_or_meta_json_is_a_one_line_error(finished):
     lines[2] = lines[2][:10] + "#" + lines[2][11:]
     finished.layout.log.write_text("\n".join(lines) + "\n")
     finished.layout.meta.write_text(json.dumps({**finished.meta, "status": "stopped"}))
-    msg = r"^run/train_log.jsonl line 3 is damaged \(not a training-log row\); delete that line and the ones after it, then rerun with --resume$"
+    msg = (r"^run/train_log.jsonl line 3 is damaged \(not a training-log row\); "
+           r"delete that line and the ones after it, then rerun with --resume$")
     with pytest.raises(CorruptFileError, match=msg):
         fit(CFG, finished.path, resume=True)
     with pytest.raises(CorruptFileError, match=msg):
@@ -100,7 +102,8 @@ def test_a_torn_last_log_line_is_dropped_on_resume_with_a_warning(finished, refe
     with open(finished.layout.log, "a") as f:
         f.write('{"step": 41, "tokens": 10')
     assert len(load_run(finished.path).log) == len(reference.log)  # readers leave it out quietly
-    with pytest.warns(IclLabWarning, match=r"^run/train_log.jsonl ended in a line cut off mid-write \('\{\"step\": 41, \"tokens\": 10'\); dropped it$"):
+    msg = r"^run/train_log.jsonl ended in a line cut off mid-write \('\{\"step\": 41, \"tokens\": 10'\); dropped it$"
+    with pytest.warns(IclLabWarning, match=msg):
         fit(CFG, finished.path, resume=True)
     same_as(load_run(finished.path), reference)
 

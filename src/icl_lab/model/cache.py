@@ -36,8 +36,8 @@ _SHORT = {
     "resid_pre": "blocks.{l}.hook_resid_pre", "resid_mid": "blocks.{l}.hook_resid_mid",
     "resid_post": "blocks.{l}.hook_resid_post", "attn_out": "blocks.{l}.hook_attn_out",
     "mlp_out": "blocks.{l}.hook_mlp_out", "q": "blocks.{l}.attn.hook_q", "k": "blocks.{l}.attn.hook_k",
-    "v": "blocks.{l}.attn.hook_v", "z": "blocks.{l}.attn.hook_z", "result": "blocks.{l}.attn.hook_result", "rot_q": "blocks.{l}.attn.hook_rot_q",
-    "rot_k": "blocks.{l}.attn.hook_rot_k", "attn_scores": "blocks.{l}.attn.hook_attn_scores",
+    "v": "blocks.{l}.attn.hook_v", "z": "blocks.{l}.attn.hook_z", "result": "blocks.{l}.attn.hook_result",
+    "rot_q": "blocks.{l}.attn.hook_rot_q", "rot_k": "blocks.{l}.attn.hook_rot_k", "attn_scores": "blocks.{l}.attn.hook_attn_scores",
     "pattern": "blocks.{l}.attn.hook_pattern", "pre": "blocks.{l}.mlp.hook_pre",
     "post": "blocks.{l}.mlp.hook_post",
 }

@@ -83,6 +83,24 @@ def is_ablated(run: Run, kinds: tuple[str, ...] = KINDS, examples: int | None = 
     return True
 
 
+def reusable_ablation(run: Run, kinds: tuple[str, ...] = KINDS, examples: int | None = None) -> dict | None:
+    """The stored ablation summary of `run` when `ablate_run(run, kinds, examples=examples)` would only
+    rewrite its rows (`is_ablated`), else None: `icl-lab ablate --reuse`.
+
+    Args:
+        kinds: ablation kinds ("zero", "mean", "resample"), as `ablate_run`'s.
+        examples: the stored evaluation sequences ablated on, as `ablate_run`'s (None: all).
+
+    Returns:
+        The ablation summary (`icl_lab.run.results.ablation_summary`) at the final checkpoint, or
+        None when the ablation must run.
+
+    Example:
+        >>> reusable_ablation(run, ("zero",)) or ablate_run(run, ("zero",))
+    """
+    return ablation_summary(run, run.metrics()) if is_ablated(run, kinds, examples) else None
+
+
 def ablate_run(run: Run, kinds: tuple[str, ...] = KINDS, n_examples: int = 256, progress: Progress | None = None,
                device: str | None = None, dtype: str | None = None, max_memory: int | str | None = None,
                examples: int | None = None) -> dict:

@@ -38,12 +38,14 @@ from icl_lab.run.results import attention_paths
 from icl_lab.run.rundir import Run, check_eval_data
 from icl_lab.train.trainer import library_versions
 
-ANALYSIS_VERSION = 4  # bump when a definition changes: `--reuse` then redoes older analyses (3: stored views, group ablation; 4: repeated passage)
+# bump when a definition changes: `--reuse` then redoes older analyses (3: stored views, group ablation; 4: repeated passage)
+ANALYSIS_VERSION = 4
 MIN_PHASE_CHECKPOINTS = 4
 GROUP_ABLATION_MACS = 5e12  # the group ablation's multiply-adds before it uses fewer windows (decision 24): ~1 min on 2 cores
 GROUP_ABLATION_MIN_EXAMPLES = 64
 SUMMARY_METRICS = ("loss", "icl_score", *HEAD_METRICS)  # what summary.json is built from
-BESIDE = ("copying.null", "copying.margin", "copying_total", "copying_total.null", "copying_total.margin")  # in a head's record when measured
+# in a head's record when measured
+BESIDE = ("copying.null", "copying.margin", "copying_total", "copying_total.null", "copying_total.margin")
 
 
 def _phase(run: Run, table: pd.DataFrame, ms: Sequence[Measurement] = ()) -> dict:
@@ -186,6 +188,26 @@ def is_analysed(runs: Sequence[Run], n_examples: int = 256) -> bool:
                     or s.get("pca", {}).get("runs") != [str(r.path) for r in group]):
                 return False
     return True
+
+
+def reusable_analysis(runs: Sequence[Run], n_examples: int = 256, only: Sequence[str] | None = None) -> dict[str, dict] | None:
+    """The stored summaries of `runs` when `analyze(runs, n_examples, only=only)` would only rewrite
+    them (`is_analysed`), else None: `icl-lab analyze --reuse`. A partial analysis (`only`) is never reused.
+
+    Args:
+        runs: the runs `analyze` would measure together.
+        n_examples: evaluation sequences, as `analyze`'s.
+        only: measurement names, as `analyze`'s; anything but None returns None.
+
+    Returns:
+        Run path -> its stored summary dict, in the order of `runs`; None when the analysis must run.
+
+    Example:
+        >>> reusable_analysis(runs) or analyze(runs)
+    """
+    if only is not None or not is_analysed(runs, n_examples=n_examples):
+        return None
+    return {str(r.path): r.summary() for r in runs}
 
 
 def _check(runs: Sequence[Run]) -> None:

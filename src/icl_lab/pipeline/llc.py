@@ -15,8 +15,10 @@ validation split for text) drawn with a seed of their own.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,7 +32,7 @@ from icl_lab.measure.llc_calibration import Calibration, calibrate, calibration_
 from icl_lab.measure.llc_stages import compare_stages
 from icl_lab.measure.placement import place
 from icl_lab.pipeline.base import Context, Measurement, Progress, register, store_rows, walk
-from icl_lab.run.results import llc_path
+from icl_lab.run.results import is_fresh, llc_path, read_llc
 from icl_lab.run.rundir import Run
 from icl_lab.train.trainer import library_versions
 
@@ -118,6 +120,88 @@ def calibrate_run(run: Run, base: SGLDSettings | None = None, grid: dict | None 
     write_json(run.layout.analysis_dir / "llc_calibration.json", {"run": str(run.path), **cal.to_json(),
                                                                   "versions": library_versions()})
     return cal
+
+
+def read_calibration(source: str | Path) -> dict:
+    """A calibration `calibrate_run` stored, to measure other runs with its settings (`icl-lab llc --calibration`).
+
+    Args:
+        source: an llc_calibration.json, or a run directory holding one in its analysis/.
+
+    Returns:
+        The record: `Calibration.to_json()` plus the run it was made on; `record["chosen"]` holds lr,
+        gamma and nbeta.
+
+    Raises:
+        ConfigError: no readable calibration there.
+
+    Example:
+        >>> read_calibration("runs/synthetic-2l")["chosen"]["lr"]
+    """
+    path = Path(source)
+    if path.is_dir():
+        path = path / "analysis" / "llc_calibration.json"
+    try:
+        record = json.loads(path.read_text())
+        record["chosen"]["lr"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path} is not a readable llc_calibration.json; run `icl-lab llc RUN --calibrate` first") from None
+    return record
+
+
+def llc_settings(run: Run, base: SGLDSettings | None = None, calibration: dict | None = None,
+                 overrides: dict | None = None) -> tuple[SGLDSettings, dict | None]:
+    """The SGLD settings to measure `run` with: `base`, then lr, gamma and nbeta from `calibration`
+    (default: the run's own stored calibration, if any), then `overrides`.
+
+    Args:
+        base: the chain settings (chains, draws, batch size, seed; default SGLDSettings()).
+        calibration: a calibration record (`read_calibration`, or a fresh `calibrate_run`'s
+            `to_json()` plus "run") to take the step size, localisation and temperature from.
+        overrides: lr, gamma or nbeta given explicitly; they win over the calibration.
+
+    Returns:
+        (settings, the calibration record `llc_run` stores beside them: the calibration, with
+        "overridden": overrides when there are any; None when uncalibrated).
+
+    Raises:
+        ConfigError: the run's stored calibration is unreadable.
+
+    Example:
+        >>> settings, cal = llc_settings(run, overrides={"lr": 3e-4})
+        >>> llc_run(run, settings, calibration=cal)
+    """
+    stored = run.layout.analysis_dir / "llc_calibration.json"
+    cal = calibration or (read_calibration(stored) if stored.is_file() else None)
+    settings = base or SGLDSettings()
+    settings = settings.replace(**{k: cal["chosen"][k] for k in ("lr", "gamma", "nbeta")}) if cal else settings
+    overrides = overrides or {}
+    settings = settings.replace(**overrides)
+    return settings, cal if not overrides else {**cal, "overridden": overrides} if cal else None
+
+
+def reusable_llc(run: Run, settings: SGLDSettings, heads: bool = False, checkpoints: int | None = None) -> dict | None:
+    """The stored summary of `run` when `llc_run(run, settings, heads, checkpoints)` would only
+    rewrite it, else None: `icl-lab llc --reuse`.
+
+    Args:
+        settings, heads, checkpoints: as `llc_run`'s; the stored llc.json must have been made with
+            the same SGLD settings, heads and checkpoint steps, after the run's latest checkpoint.
+
+    Returns:
+        The stored llc.json summary, or None when the estimate must run.
+
+    Raises:
+        CheckpointError: the run's llc.json is damaged.
+
+    Example:
+        >>> reusable_llc(run, settings) or llc_run(run, settings)
+    """
+    old = read_llc(run)
+    if old and is_fresh(run, llc_path(run)) and old["settings"]["sgld"] == settings.model_dump() \
+            and old["settings"]["heads"] == heads and old["steps"] == llc_steps(run.checkpoints, checkpoints):
+        return old
+    return None
 
 
 def llc_run(run: Run, settings: SGLDSettings | None = None, heads: bool = False, checkpoints: int | None = None,

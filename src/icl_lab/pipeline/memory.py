@@ -28,7 +28,8 @@ class MemoryPlan:
 
     Attributes:
         limit: the most it may use (`--max-memory`, or the free memory if that is less).
-        resident: runtime (this process's resident memory, at least RUNTIME_BYTES) + model + the largest weight being copied in + evaluation tokens.
+        resident: runtime (this process's resident memory, at least RUNTIME_BYTES) + model + the largest weight being
+            copied in + evaluation tokens.
         working: each measurement's working budget (what its chunks may hold at once).
         floors: measurement name -> the least it needs for one sequence (its one-row floor).
         peak: the estimated peak, resident + the largest working set.

@@ -76,7 +76,8 @@ def _neox_config(hf: dict) -> ModelConfig:
         n_layers=hf["num_hidden_layers"], d_model=d_model, n_heads=n_heads, d_mlp=hf["intermediate_size"],
         d_vocab=hf["vocab_size"], n_ctx=hf["max_position_embeddings"], positional="rotary",
         rotary_dim=int(d_head * rope["factor"]), rotary_base=rope["theta"], normalization="layernorm",
-        norm_eps=hf.get("layer_norm_eps", 1e-5), bias=True, act_fn={"gelu": "gelu", "gelu_new": "gelu_new"}.get(hf.get("hidden_act", "gelu"), "gelu"),
+        norm_eps=hf.get("layer_norm_eps", 1e-5), bias=True,
+        act_fn={"gelu": "gelu", "gelu_new": "gelu_new"}.get(hf.get("hidden_act", "gelu"), "gelu"),
         parallel_attn_mlp=True,
     ), where="GPT-NeoX config")
 

@@ -59,7 +59,8 @@ def read_hf_folder(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
         try:
             weights |= torch.load(b, map_location="cpu", weights_only=True)  # tensors only: no code runs on load
         except Exception as e:  # noqa: BLE001 — torch raises several types for a file it refuses
-            raise CheckpointError(f"{b.name} is not a plain tensor file ({str(e).splitlines()[0][:100]}); convert it to safetensors") from None
+            why = str(e).splitlines()[0][:100]
+            raise CheckpointError(f"{b.name} is not a plain tensor file ({why}); convert it to safetensors") from None
     return config, weights
 
 
@@ -189,8 +190,8 @@ def import_model(path: str | Path, out: str | Path, sequences_per_step: int | No
     own = ({"tokenizer_source": tok_source, "tokenizer_fingerprint": tok.fingerprint()} if tok is not None
            else {"tokenizer_source": f"fallback: {fallback}"})
     described = {"model_description": source_description(path)} if source_description(path) else {}
-    write_json(layout.meta, {"seed": None, "imported_from": str(path.resolve()), **described, "family": family, **own, "bos_source": bos_source,
-                             "revisions": sorted(steps), "versions": library_versions(), "status": "complete",
+    write_json(layout.meta, {"seed": None, "imported_from": str(path.resolve()), **described, "family": family, **own,
+                             "bos_source": bos_source, "revisions": sorted(steps), "versions": library_versions(), "status": "complete",
                              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return load_run(out)
 

@@ -112,7 +112,8 @@ def write_compare(paths: Sequence[str | Path], out: str | Path | None = None) ->
     payload = {"figures": {"fig-compare": json.loads(pio.to_json(figure, validate=False))}, "attention": []}
     names = ", ".join(r.path.name for r in runs)
     sections = _section("Trajectories", "The runs' training trajectories on their own evaluation sets.", plot_div("fig-compare"), "compare")
-    sections += _section("Phase windows", "Where each run's phase change happened, and how far it moved.", _shift_table(shift_rows(runs)), "shifts")
+    sections += _section("Phase windows", "Where each run's phase change happened, and how far it moved.",
+                         _shift_table(shift_rows(runs)), "shifts")
     write_text(out, f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>icl-lab compare: {html.escape(names)}</title>
 <style>{asset("report.css")}</style><script>{get_plotlyjs()}</script></head>

@@ -221,7 +221,8 @@ class ReportHandler(BaseHTTPRequestHandler):
         body = (f"<section><h2>Runs in {html.escape(str(self.server.root))}</h2>"
                 f"<table class=mat id=runs><tr><th>run</th><th>status</th><th>checkpoint step</th><th>analysed</th></tr>{rows}</table>"
                 f"{'<ul>' + together + '</ul>' if together else ''}</section>") if records else \
-               f"<section><p class=note>No runs under {html.escape(str(self.server.root))} yet; train one with <code>icl-lab train</code>.</p></section>"
+               (f"<section><p class=note>No runs under {html.escape(str(self.server.root))} yet; "
+                "train one with <code>icl-lab train</code>.</p></section>")
         return _page("icl-lab runs", body, refresh)
 
 

@@ -132,10 +132,10 @@ def argument_5(lab: Lab) -> Section:
     p, i = f"L{prev[0]}H{prev[1]}", f"L{ind[0]}H{ind[1]}"
     sec.checks += [
         check(arg, "layer 0 has a previous-token head", f"{p}: previous-token score", prev_score, ">=", PREVIOUS_TOKEN),
-        check(arg, "it K-composes with the induction head (weights)", f"{p} -> {i} K-composition, baseline standard deviations above the random-matrix mean",
-              z["k"], ">=", K_COMPOSITION_Z),
-        check(arg, "it K-composes causally: patching its output moves the key path most", f"{p} -> {i} path patching: key effect / max(query, value effect)",
-              moved["k"] / max(moved["q"], moved["v"], 1e-9), ">", 1),
+        check(arg, "it K-composes with the induction head (weights)",
+              f"{p} -> {i} K-composition, baseline standard deviations above the random-matrix mean", z["k"], ">=", K_COMPOSITION_Z),
+        check(arg, "it K-composes causally: patching its output moves the key path most",
+              f"{p} -> {i} path patching: key effect / max(query, value effect)", moved["k"] / max(moved["q"], moved["v"], 1e-9), ">", 1),
         check(arg, "the induction head's OV circuit copies", f"{i}: OV eigenvalue positivity", eig, ">=", EIGEN_POSITIVITY),
     ]
     fig = make_subplots(rows=1, cols=2, subplot_titles=(f"path patching {p} -> {i} (loss on repeats, nats)",

@@ -138,7 +138,8 @@ def argument_1(lab: Lab) -> Section:
     ]
     tuning = [lab.run(PURE, seed) for seed in TUNING_SEEDS if (lab.root / f"{PURE}-s{seed}" / "config.json").is_file()]
     runs = pure + [control]
-    sec.figures["n1-curves"] = _curves(runs, "Natural text: ICL score, prefix matching and loss over training (shaded: detected phase change)")
+    sec.figures["n1-curves"] = _curves(runs, "Natural text: ICL score, prefix matching and loss over training "
+                                             "(shaded: detected phase change)")
     sec.figures["n1-signals"] = _signals(runs)
     sec.notes.append("Training time on this machine: " + ", ".join(f"{r.path.name} {_minutes(r):.1f} min" for r in runs) + ".")
     sec.notes.append(f"Corpus: {pure[0].config.data.corpus} (docs/natural-phase-change.md).")

@@ -25,7 +25,8 @@ def _value(v: float) -> str:
 def _checks_table(checks: list[Check]) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(c.claim)}</td><td>{html.escape(c.metric)}</td><td class=num>{_value(c.value)}</td>"
-        f"<td class=num>{html.escape(c.threshold)}</td><td class={'pass' if c.passed else 'fail'}>{'pass' if c.passed else 'fail'}</td></tr>"
+        f"<td class=num>{html.escape(c.threshold)}</td>"
+        f"<td class={'pass' if c.passed else 'fail'}>{'pass' if c.passed else 'fail'}</td></tr>"
         for c in checks)
     return f"<table class=checks><tr><th>claim</th><th>metric</th><th>our value</th><th>threshold</th><th></th></tr>{rows}</table>"
 
@@ -48,7 +49,8 @@ def render(sections: list[Section], scale: str, seconds: float) -> str:
     """The page for `sections`, run at `scale` in `seconds`."""
     summary = "".join(
         f"<tr><td><a href='#{s.argument}'>{s.argument}</a></td><td>{html.escape(s.title)}</td>"
-        f"<td class={'pass' if s.passed else 'fail'}>{sum(c.passed for c in s.checks)}/{len(s.checks)}</td><td class=num>{s.seconds:.0f} s</td></tr>"
+        f"<td class={'pass' if s.passed else 'fail'}>{sum(c.passed for c in s.checks)}/{len(s.checks)}</td>"
+        f"<td class=num>{s.seconds:.0f} s</td></tr>"
         for s in sections)
     figures = {k: json.loads(pio.to_json(f, validate=False)) for s in sections for k, f in s.figures.items()}
     payload = {"figures": figures, "attention": []}

@@ -107,7 +107,8 @@ def argument_2(lab: Lab) -> Section:
     sec.checks += [
         check(arg, "smeared keys bring the phase change earlier", "median phase-change time, smeared-2l / attn-2l",
               float(np.median(s) / np.median(a)) if np.isfinite(a).all() and np.isfinite(s).all() else np.nan, "<", 1),
-        check(arg, "smeared keys bring it earlier in every seed", f"seeds (of {len(lab.scale.seeds)}) where smeared-2l changes earlier than attn-2l",
+        check(arg, "smeared keys bring it earlier in every seed",
+              f"seeds (of {len(lab.scale.seeds)}) where smeared-2l changes earlier than attn-2l",
               float(np.sum(s < a)), "==", len(lab.scale.seeds)),
     ]
     fig = make_subplots(rows=1, cols=2, subplot_titles=("one layer: ICL score", "two layers: phase-change time by seed"))

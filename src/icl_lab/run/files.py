@@ -38,7 +38,8 @@ class RunFiles:
             raise CheckpointError(f"{self.path} has no config.json, so it is not an icl-lab run directory; check the path")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.path)!r}, steps={self.checkpoints[-1] if self.checkpoints else None}, status={self.meta.get('status')!r})"
+        last = self.checkpoints[-1] if self.checkpoints else None
+        return f"{type(self).__name__}({str(self.path)!r}, steps={last}, status={self.meta.get('status')!r})"
 
     @cached_property
     def config(self) -> ExperimentConfig:

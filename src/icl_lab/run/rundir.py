@@ -80,7 +80,8 @@ def check_eval_data(run: Run) -> None:
     if tok_fp is not None and now != tok_fp:
         source = f"data.tokenizer_file ({cfg.tokenizer_file})" if cfg.tokenizer_file else f"data.tokenizer={cfg.tokenizer!r}"
         own = run.layout.tokenizer
-        fix = (f"set data.tokenizer_file in its config.json to {own.resolve()}" if own.is_file() and Tokenizer.load(own).fingerprint() == tok_fp
+        fix = (f"set data.tokenizer_file in its config.json to {own.resolve()}"
+               if own.is_file() and Tokenizer.load(own).fingerprint() == tok_fp
                else "restore the tokenizer it was made with, or import or train it again")
         raise DataError(f"{name} was made with tokenizer {tok_fp} but {source} gives {now}; {fix}")
     if data_fp is None or tokens.data_fingerprint == data_fp:

@@ -90,7 +90,8 @@ def _head_tensors(model: Transformer, layer: int) -> dict[str, Tensor]:
 
 def _ablate(head: int, how: str) -> Callable:
     def hook(z: Tensor, *, hook) -> Tensor:  # [batch, pos, head, d_head]
-        replacement = torch.zeros_like(z[:, :, head]) if how == "zero" else z[:, :, head].mean(0, keepdim=True).detach().expand_as(z[:, :, head])
+        zh = z[:, :, head]
+        replacement = torch.zeros_like(zh) if how == "zero" else zh.mean(0, keepdim=True).detach().expand_as(zh)
         return torch.cat([z[:, :, :head], replacement[:, :, None], z[:, :, head + 1 :]], dim=2)
     return hook
 

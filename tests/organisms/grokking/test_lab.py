@@ -59,7 +59,8 @@ def test_cli_json_reuses_the_run_and_bad_input_is_one_line(tiny, monkeypatch, ca
     from icl_lab.cli import main
 
     out, result, _ = tiny
-    cmd = [sys.executable, "-m", "icl_lab.cli", "grok", "--p", "11", "--frac", "0.5", "--seed", "1", "--steps", str(STEPS), "--out", str(out)]
+    cmd = [sys.executable, "-m", "icl_lab.cli", "grok", "--p", "11", "--frac", "0.5", "--seed", "1", "--steps", str(STEPS),
+           "--out", str(out)]
     r = subprocess.run([*cmd, "--json"], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     record = json.loads(r.stdout)
@@ -75,8 +76,10 @@ def test_cli_json_reuses_the_run_and_bad_input_is_one_line(tiny, monkeypatch, ca
 def test_the_preset_is_nanda_et_al_s_setup():
     cfg = get_preset("grokking-1l")
     m, t = cfg.model, cfg.train
-    assert (m.n_layers, m.d_model, m.n_heads, m.d_mlp, m.act_fn, m.normalization, m.d_vocab, m.n_ctx) == (1, 128, 4, 512, "relu", "none", 114, 4)
-    assert (t.weight_decay, t.betas, t.batch_size, t.grad_clip, m.loss_dtype) == (1.0, (0.9, 0.98), 3831, 0.0, "fp64")  # full batch: 30% of 113²
+    assert (m.n_layers, m.d_model, m.n_heads, m.d_mlp, m.act_fn, m.normalization, m.d_vocab, m.n_ctx) == \
+        (1, 128, 4, 512, "relu", "none", 114, 4)
+    # full batch: 30% of 113²
+    assert (t.weight_decay, t.betas, t.batch_size, t.grad_clip, m.loss_dtype) == (1.0, (0.9, 0.98), 3831, 0.0, "fp64")
     assert t.lr == 3e-3  # three times Nanda et al.'s 1e-3: grokking at ~1.8k steps instead of ~14k (docs/grokking.md)
     assert cfg.data.kind == "modular" and cfg.data.modular.p == 113 and cfg.data.modular.frac == 0.3
     control = grok_experiment(seed=2, weight_decay=0.0)

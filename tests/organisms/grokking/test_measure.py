@@ -111,7 +111,8 @@ def test_progress_measures_on_a_model_whose_logits_are_exactly_a_sum_of_cosines(
     m = progress_measures(model, task, KEY)
     assert m["train_accuracy"] == m["test_accuracy"] == m["restricted_accuracy"] == 1.0
     assert m["restricted_loss"] == pytest.approx(answer_loss(all_logits(model, P)), rel=1e-6)  # float32 logits
-    assert m["restricted_loss"] == pytest.approx((m["train_loss"] * task.n_train + m["test_loss"] * (P * P - task.n_train)) / P**2, rel=1e-5)
+    weighted = m["train_loss"] * task.n_train + m["test_loss"] * (P * P - task.n_train)
+    assert m["restricted_loss"] == pytest.approx(weighted / P**2, rel=1e-5)
     assert m["excluded_loss"] == pytest.approx(math.log(P), rel=1e-6)  # nothing but the circuit: uniform without it
     assert m["n_key_freqs"] == 3 and sorted(key_frequencies(embedding_frequency_norms(model, P))) == KEY
     assert restricted_loss(model, task, KEY) == m["restricted_loss"] and excluded_loss(model, task, KEY) == m["excluded_loss"]

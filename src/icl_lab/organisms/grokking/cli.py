@@ -23,7 +23,8 @@ def grok_cmd(
     steps: Optional[int] = typer.Option(None, help="Override the preset's full-batch steps."),
     weight_decay: Optional[float] = typer.Option(None, help="Override the preset's weight decay (1.0); 0 is the no-grokking control."),
     lr: Optional[float] = typer.Option(None, help="Override the preset's learning rate (1e-3)."),
-    run: Optional[Path] = typer.Option(None, "--run", help="Measure and report this existing modular-addition run instead (e.g. from `icl-lab train --preset grokking-1l`)."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Measure and report this existing modular-addition run instead "
+                                       "(e.g. from `icl-lab train --preset grokking-1l`)."),
     json_out: bool = typer.Option(False, "--json", help="Print the phases and key frequencies as JSON on stdout, nothing else."),
 ) -> None:
     """Grokking modular addition: train the `grokking-1l` model on (a + b) mod p (or reuse the run),

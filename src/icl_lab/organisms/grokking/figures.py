@@ -69,7 +69,8 @@ def progress_figure(wide: pd.DataFrame, phases: dict, name: str = "") -> go.Figu
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=["losses (nats)", "Gini coefficient of the Fourier norms", "total sum of squared weights"])
     for i, (col, label) in enumerate((("train_loss", "train loss"), ("test_loss", "test loss"),
-                                      ("restricted_loss", "restricted loss (all inputs)"), ("excluded_loss", "excluded loss (train inputs)"))):
+                                      ("restricted_loss", "restricted loss (all inputs)"),
+                                      ("excluded_loss", "excluded loss (train inputs)"))):
         fig.add_scatter(x=w.step, y=w[col], name=label, line=dict(color=color(i), dash="dot" if i < 2 else "solid"), row=1, col=1)
     fig.add_scatter(x=w.step, y=w.gini_embed, name="Gini W_E", line=dict(color=color(4)), row=2, col=1)
     fig.add_scatter(x=w.step, y=w.gini_logit_map, name="Gini W_L", line=dict(color=color(5)), row=2, col=1)
@@ -138,7 +139,8 @@ def inputs_figure(circuit: dict, name: str = "") -> go.Figure:
     panels += [(f"neuron {n}", np.array(z), "RdBu_r") for n, z in neurons.items()]
     cols = 4
     rows = (len(panels) + cols - 1) // cols
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[t for t, _, _ in panels], horizontal_spacing=0.04, vertical_spacing=0.12 / rows)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[t for t, _, _ in panels], horizontal_spacing=0.04,
+                        vertical_spacing=0.12 / rows)
     for i, (title, z, scale) in enumerate(panels):
         r, c = i // cols + 1, i % cols + 1
         fig.add_heatmap(z=z, colorscale=scale, showscale=False, hovertemplate="a %{y}, b %{x}: %{z:.3f}<extra></extra>", row=r, col=c)

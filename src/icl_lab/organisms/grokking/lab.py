@@ -46,7 +46,8 @@ def grok_experiment(p: int = 113, frac: float = 0.3, seed: int = 0, steps: int |
     Raises:
         ConfigError: an invalid p, frac or override.
     """
-    cfg = get_preset("grokking-1l").replace(seed=seed, model={"d_vocab": p + 1}, data={"modular": {"p": p, "frac": frac, "split_seed": seed}})
+    modular = {"p": p, "frac": frac, "split_seed": seed}
+    cfg = get_preset("grokking-1l").replace(seed=seed, model={"d_vocab": p + 1}, data={"modular": modular})
     over = {k: v for k, v in (("steps", steps), ("weight_decay", weight_decay), ("lr", lr)) if v is not None}
     return cfg.replace(train={"batch_size": train_size(cfg.data.modular), **over})
 

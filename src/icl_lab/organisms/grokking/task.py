@@ -98,7 +98,7 @@ def task_problem(cfg: ModularConfig, d_vocab: int, n_ctx: int) -> str | None:
     if d_vocab < cfg.p + 1:
         return f"modular addition mod {cfg.p} needs d_vocab >= {cfg.p + 1} (the numbers and `=`); raise model.d_vocab"
     if n_ctx < 4:
-        return f"modular addition needs n_ctx >= 4 (`a b = c`); raise model.n_ctx to 4"
+        return "modular addition needs n_ctx >= 4 (`a b = c`); raise model.n_ctx to 4"
     return None
 
 

@@ -25,7 +25,8 @@ def record(r) -> dict:
 
 
 def markov_cmd(
-    runs: Optional[list[Path]] = typer.Argument(None, help="Markov-chain run directories to measure (e.g. from `icl-lab train --preset markov-2l`)."),
+    runs: Optional[list[Path]] = typer.Argument(None, help="Markov-chain run directories to measure "
+                                                "(e.g. from `icl-lab train --preset markov-2l`)."),
     train: bool = typer.Option(False, "--train", help="Train (or reuse) the markov-2l runs of --seed into --out first."),
     seeds: list[int] = typer.Option([0], "--seed", help="With --train: a seed (repeat for several)."),
     out: Path = typer.Option(Path("runs/markov"), help="With --train: folder of the runs (OUT/kN-sSEED, each with its report.html)."),

@@ -40,7 +40,7 @@ def task_problem(cfg: MarkovConfig, d_vocab: int, n_ctx: int) -> str | None:
     if d_vocab < cfg.n_states:
         return f"Markov chains over {cfg.n_states} states need d_vocab >= {cfg.n_states}; raise model.d_vocab"
     if n_ctx < 8:
-        return f"in-context Markov chains need n_ctx >= 8 (a bigram needs transitions to count); raise model.n_ctx"
+        return "in-context Markov chains need n_ctx >= 8 (a bigram needs transitions to count); raise model.n_ctx"
     return None
 
 

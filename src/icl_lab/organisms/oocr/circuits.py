@@ -46,7 +46,8 @@ def swap_targets(task: OOCRTask, prompts: Tensor, answers: Tensor, bridges: Tens
 
 
 @torch.inference_mode()
-def hop_patching(model: Transformer, task: OOCRTask, prompts: Tensor, answers: Tensor, bridges: Tensor | None) -> Float[Tensor, "layer pos"]:
+def hop_patching(model: Transformer, task: OOCRTask, prompts: Tensor, answers: Tensor,
+                 bridges: Tensor | None) -> Float[Tensor, "layer pos"]:
     """Share of queries that answer as their donor's bridge implies when `blocks.{l}.hook_resid_pre`
     at one position comes from the donor, for every (layer, position); see `swap_targets`."""
     donors, expected, keep = swap_targets(task, prompts, answers, bridges)

@@ -33,8 +33,8 @@ def oocr_cmd(
     results = []
     with Bars() as bars:
         for name in tasks:
-            results.append(run_task(name, out=out, seed=seed, steps=steps, weight_decay=weight_decay, phi=phi if task != "all" or name == "two-hop" else None,
-                                    log=bars.log, train_progress=bars.train))
+            results.append(run_task(name, out=out, seed=seed, steps=steps, weight_decay=weight_decay,
+                                    phi=phi if task != "all" or name == "two-hop" else None, log=bars.log, train_progress=bars.train))
     records = [{"task": r.summary["task"], "seed": seed, "splits": r.summary["splits"], "chance": r.summary["chance"]} for r in results]
     if json_out:
         print(json.dumps(records if task == "all" else records[0], indent=2))

@@ -63,7 +63,8 @@ def task_experiment(task: str, seed: int = 0, steps: int | None = None, weight_d
 
 
 def run_task(task: str, out: str | Path = "runs/oocr", seed: int = 0, steps: int | None = None,
-             weight_decay: float | None = None, phi: float | None = None, log: Log | None = None, train_progress: TrainProgress | None = None) -> OOCRResult:
+             weight_decay: float | None = None, phi: float | None = None, log: Log | None = None,
+             train_progress: TrainProgress | None = None) -> OOCRResult:
     """Train (or reuse) `task`'s model in `out/TASK-sSEED` (`TASK-phiPHI-sSEED` with `phi`), score every checkpoint, analyse the
     final model and write the run's report.
 

@@ -197,7 +197,8 @@ def _two_hop(c: OOCRConfig, rng: np.random.Generator) -> OOCRTask:
     pick = rng.permutation(len(comps))
     trained = [comps[i] for i in pick[:n_train]]
     used = {(e, r1) for e, r1, _ in trained} | {(int(target[e, r1]), r2) for e, r1, r2 in trained}
-    test_id = [comps[i] for i in pick[n_train:] if (comps[i][0], comps[i][1]) in used and (int(target[comps[i][0], comps[i][1]]), comps[i][2]) in used]
+    test_id = [comps[i] for i in pick[n_train:]
+               if (comps[i][0], comps[i][1]) in used and (int(target[comps[i][0], comps[i][1]]), comps[i][2]) in used]
     test_ood = [(e, r1, r2) for e in ood for r1 in range(K) for r2 in range(K)]
 
     def query(e, r1, r2):
