@@ -5,6 +5,7 @@ and its branches, each holding one intervention during training, analysed and ta
     .venv/bin/python scripts/counterfactual.py natural --parent runs/reproduce-natural/natural-2l-s3 \
         --only ablate-prev mask-repeats --steps 12000 --out runs/counterfactual
     .venv/bin/python scripts/counterfactual.py table --out runs/counterfactual
+    .venv/bin/python scripts/counterfactual.py figure --out runs/counterfactual   # docs/counterfactual.png (matplotlib)
 
 Every family writes OUT/PARENT-compare.html (`icl-lab compare`) and is listed in OUT/families.json. The table prints
 each run's phase window, its shift against the parent (95% interval from the windows' bootstrap
@@ -116,9 +117,42 @@ def table(out: Path) -> None:
                   f"| {f['induction']} | {_median_speed(path) / base_speed:.2f}x |")
 
 
+def figure(out: Path, png: Path = Path("docs/counterfactual.png")) -> None:
+    """Best layer-1 prefix matching and the ICL score against tokens for every family (one column
+    per parent), each branch a line, the fork and release marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = json.loads((out / "families.json").read_text())
+    fig, axes = plt.subplots(2, len(families), figsize=(4.4 * len(families), 6.4), sharex=True, squeeze=False)
+    for col, (parent, branches) in enumerate(families.items()):
+        for i, path in enumerate([parent, *branches]):
+            table = icl_lab.load_run(path).metrics()
+            name = Path(path).name.removeprefix(Path(parent).name + "-") if i else "parent"
+            pm = table[(table.metric == "prefix_matching") & (table.layer == 1)].groupby("tokens").value.max()
+            icl = table[table.metric == "icl_score"].groupby("tokens").value.mean()
+            for row, series in enumerate((pm, icl)):
+                axes[row, col].plot(series.index.to_numpy().clip(min=1), series.values, label=name, color=f"C{i}", lw=1.4)
+        per_step = icl_lab.load_run(parent).config.train.batch_size * icl_lab.load_run(parent).config.model.n_ctx
+        for row in range(2):
+            axes[row, col].axvline(SYNTHETIC_RELEASE * per_step, color="grey", ls=":", lw=1)
+            axes[row, col].set_xscale("log")
+        axes[0, col].set_title(Path(parent).name)
+        axes[1, col].set_xlabel("tokens seen")
+    axes[0, 0].set_ylabel("best layer-1 prefix matching")
+    axes[1, 0].set_ylabel("ICL score (nats)")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Branches from step 0 (freeze-ind from step ~800); dotted: the ablation's release at step 600")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    print(png)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=("synthetic", "natural", "table"))
+    parser.add_argument("what", choices=("synthetic", "natural", "table", "figure"))
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--parent", type=Path, help="natural: an analysed natural-2l run to branch")
     parser.add_argument("--steps", type=int, help="natural: train the branches to this step only")
@@ -131,7 +165,10 @@ def main() -> None:
     elif args.what == "natural":
         # the natural family: release at 12k steps (12.3M tokens, after the seeds' phase windows), freeze from 16k
         family(args.parent.resolve(), args.out, 12000, 16000, args.steps, args.only)
-    table(args.out)
+    if args.what == "figure":
+        figure(args.out)
+    else:
+        table(args.out)
 
 
 if __name__ == "__main__":

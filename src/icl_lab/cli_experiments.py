@@ -28,6 +28,9 @@ def reproduce_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the verdicts as JSON on stdout, nothing else."),
     data: str = typer.Option("synthetic", help="synthetic (all six arguments) or natural (Arguments 1 and 3 on the natural-text presets)."),
     corpus: Optional[str] = typer.Option(None, help="With --data natural: another text to train on (a bundled name, a folder, hf:PATH)."),
+    device: Optional[str] = typer.Option(None, help="Where the runs train and are analysed: auto, cpu or cuda [default: the "
+                                         "presets' train.device, analyses on cpu]; not part of the runs."),
+    dtype: Optional[str] = typer.Option(None, help="The analyses' precision, e.g. fp32 or bf16 [default: the model's]."),
 ) -> None:
     """Reproduce the six arguments of "In-context Learning and Induction Heads": train (or reuse)
     the models each needs, measure and intervene, and write one report with a verdict table each."""
@@ -36,7 +39,7 @@ def reproduce_cmd(
     with Bars() as bars:
         out = out or Path("runs/reproduce-natural" if data == "natural" else "runs/reproduce")
         result = reproduce(arguments, out=out, scale=scale, pretrained=pretrained, log=bars.log, train_progress=bars.train,
-                           data=data, corpus=corpus)
+                           data=data, corpus=corpus, device=device, dtype=dtype)
     if json_out:
         print(json.dumps([c.to_json() for c in result.checks], indent=2))
         return

@@ -6,6 +6,8 @@ import math
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from icl_lab.data.tasks import sample_task
 from icl_lab.errors import ConfigError
 from icl_lab.reproduce import ARGUMENTS, SCALES, check, experiment, parse_arguments, reproduce
 from icl_lab.reproduce.generality import task_effects
+from icl_lab.train.config import ExperimentConfig
 from tests.conftest import hand_built_induction
 
 KEYS = {"argument", "claim", "metric", "value", "threshold", "passed"}
@@ -128,3 +131,14 @@ def test_natural_reproduction_runs_arguments_1_and_3_on_text(tmp_path):
         reproduce(["1"], out=tmp_path / "out", scale="paper", data="natural")
     with pytest.raises(ConfigError, match="--corpus applies to --data natural only"):
         reproduce(["1"], out=tmp_path / "out", scale="tiny", corpus=str(text))
+
+
+def test_device_stays_out_of_the_runs_so_a_rerun_elsewhere_reuses_them(lab):
+    """`reproduce --device` (issue #31): the family trained with the default device is the same
+    family on an explicitly named one: nothing retrains, and the stored configs keep `auto`."""
+    out, result, _ = lab
+    lines = []
+    again = reproduce(["argument-1"], out=out, scale="tiny", log=lines.append, device="cpu", dtype="fp32")
+    assert not any(line.startswith("training") for line in lines), lines
+    assert [(c.metric, c.passed) for c in again.checks] == [(c.metric, c.passed) for c in result.checks if c.argument == "argument-1"]
+    assert all(ExperimentConfig.load(p).train.device == "auto" for p in Path(out).glob("*/config.json"))

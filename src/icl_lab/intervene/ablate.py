@@ -212,13 +212,13 @@ def _ablated_layer(model: Transformer, cache, layer: int, chunk: list[int], repl
     alone (a rank-d_head term); the block's own `after_attention` adds the MLP and the residual."""
     z = cache["z", layer]
     dz = (replace(layer, z) - z[:batch])[:, :, chunk]  # [batch, pos, copy, d_head]
-    delta = torch.einsum("bpne,ned->nbpd", dz, model.blocks[layer].attn.W_O[chunk]).flatten(0, 1)  # [copy * batch, pos, d_model]
-    n = len(chunk)
-    resid_pre = cache["resid_pre", layer][:batch].expand(n, -1, -1, -1).flatten(0, 1)
-    attn_out = cache["attn_out", layer][:batch].expand(n, -1, -1, -1).flatten(0, 1) + delta
+    resid_pre, attn_out = cache["resid_pre", layer][:batch], cache["attn_out", layer][:batch]  # [batch, pos, d_model]
     if rows is not None:  # the last layer: only the scored rows go on to the MLP and the logits
-        resid_pre, attn_out = select_rows(resid_pre, rows), select_rows(attn_out, rows)
-    return model.blocks[layer].after_attention(resid_pre, attn_out)
+        at = torch.arange(batch, device=rows.device)[:, None]
+        dz, resid_pre, attn_out = dz[at, rows], resid_pre[at, rows], attn_out[at, rows]
+    delta = torch.einsum("bpne,ned->nbpd", dz, model.blocks[layer].attn.W_O[chunk])  # [copy, batch, pos, d_model]
+    # resid_pre broadcasts over the copies: a parallel block's MLP, which reads it, runs once
+    return model.blocks[layer].after_attention(resid_pre[None], attn_out[None] + delta).flatten(0, 1)
 
 
 def _ablated_losses(model: Transformer, tokens: Tensor, cache, group: Sequence[tuple[int, int]], kind: str,

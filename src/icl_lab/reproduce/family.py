@@ -108,6 +108,9 @@ class Lab:
         train_progress: called during training with (run name, step, total).
         configure: the config of a family member, for families other than the synthetic one
             (`icl_lab.reproduce.natural`).
+        device, dtype: where the family trains and is analysed, and the analyses' precision (None:
+            the presets' device, analyses on the CPU); not part of any run's identity. The
+            arguments' own interventions (ablations, patching) run on the CPU.
     """
 
     root: Path
@@ -115,11 +118,14 @@ class Lab:
     log: Log = field(default=lambda line: None)
     train_progress: TrainProgress | None = None
     configure: Callable[[str, int], ExperimentConfig] | None = None  # (name, seed) -> config; default `experiment`
+    device: str | None = None
+    dtype: str | None = None
 
     def run(self, name: str, seed: int = 0, analysed: bool = True) -> Run:
         """Family member `name` with `seed`: trained (or resumed) unless finished, and analysed on
         its own unless its analysis is up to date."""
         cfg = self.configure(name, seed) if self.configure else experiment(name, self.scale, seed)
+        cfg = cfg.replace(train={"device": self.device}) if self.device else cfg
         path = self.root / f"{name}-s{seed}"
         if (path / "config.json").is_file() and not ExperimentConfig.load(path).same_run(cfg):
             raise ConfigError(f"{path} holds a different experiment (another --scale?); remove it or choose another --out")
@@ -130,5 +136,6 @@ class Lab:
         run = load_run(ensure_trained(cfg, path, progress, announce)[0])
         if analysed and not is_analysed([run], self.scale.n_examples):
             self.log(f"analysing {path.name}")
-            analyze([run], n_examples=self.scale.n_examples)
+            device = None if self.device == "auto" else self.device
+            analyze([run], n_examples=self.scale.n_examples, device=device, dtype=self.dtype)
         return run

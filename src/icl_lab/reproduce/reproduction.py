@@ -73,7 +73,8 @@ def _natural_arguments(asked: Sequence[str], names: list[str]) -> list[str]:
 
 def reproduce(arguments: Sequence[str] = ("all",), out: str | Path = "runs/reproduce", scale: str = "default",
               pretrained: bool | None = None, log: Log | None = None, train_progress: TrainProgress | None = None,
-              data: str = "synthetic", corpus: str | None = None) -> Reproduction:
+              data: str = "synthetic", corpus: str | None = None, device: str | None = None,
+              dtype: str | None = None) -> Reproduction:
     """Reproduce the six arguments of Olsson et al. (2022) on small models, reusing every run,
     analysis and ablation already in `out`.
 
@@ -89,6 +90,7 @@ def reproduce(arguments: Sequence[str] = ("all",), out: str | Path = "runs/repro
         data: "synthetic" (the model family on repeated random segments) or "natural" (Arguments 1
             and 3 on the natural-text presets, `icl_lab.reproduce.natural`).
         corpus: for "natural": another text to train and measure on (default: the presets').
+        device, dtype: where the runs train and are analysed, and the analyses' precision (`Lab`).
 
     Returns:
         The `Reproduction`.
@@ -110,7 +112,8 @@ def reproduce(arguments: Sequence[str] = ("all",), out: str | Path = "runs/repro
         raise ConfigError("--corpus applies to --data natural only")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    lab = Lab(out, SCALES[scale], log=log or (lambda line: None), train_progress=train_progress, configure=configure)
+    lab = Lab(out, SCALES[scale], log=log or (lambda line: None), train_progress=train_progress, configure=configure,
+              device=device, dtype=dtype)
     t0 = time.perf_counter()
     sections = []
     for name in names:

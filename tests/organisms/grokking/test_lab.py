@@ -98,3 +98,20 @@ def test_a_run_trained_elsewhere_is_measured_in_place_and_train_points_there(tin
     with console.capture() as captured:
         _print_summary(result.run, 1.0)  # what `icl-lab train --preset grokking-1l` prints at the end
     assert f"measure it with `icl-lab grok --run {result.run.path}`" in captured.get().replace("\n", "")
+
+
+def test_device_and_dtype_reach_grok_and_stay_out_of_the_run(tiny, monkeypatch):
+    """`icl-lab grok --device/--dtype` (issue #31): the same experiment on another device is the same
+    run (reused, not retrained), and the measurements run where and in what precision they are asked."""
+    import icl_lab.organisms.grokking.lab as lab
+
+    out, result, _ = tiny
+    seen = {}
+    real = lab.evaluate_run
+    monkeypatch.setattr(lab, "is_evaluated", lambda run: False)  # measure again, to see the arguments
+    monkeypatch.setattr(lab, "evaluate_run", lambda run, progress, device, dtype: seen.update(device=device, dtype=dtype)
+                        or real(run, progress, device=device, dtype=dtype))
+    again = run_grokking(p=11, frac=0.5, seed=1, out=out, steps=STEPS, device="cpu", dtype="fp32")
+    assert not again.trained and again.run.path == result.run.path
+    assert seen == {"device": "cpu", "dtype": "fp32"}
+    assert again.run.config.train.device == "auto"  # the stored config reproduces the run anywhere

@@ -26,6 +26,9 @@ def grok_cmd(
     run: Optional[Path] = typer.Option(None, "--run", help="Measure and report this existing modular-addition run instead "
                                        "(e.g. from `icl-lab train --preset grokking-1l`)."),
     json_out: bool = typer.Option(False, "--json", help="Print the phases and key frequencies as JSON on stdout, nothing else."),
+    device: Optional[str] = typer.Option(None, help="Where to train and measure: auto, cpu or cuda [default: the preset's "
+                                         "train.device, measuring on cpu]; not part of the run."),
+    dtype: Optional[str] = typer.Option(None, help="The measurements' precision, e.g. fp32 or bf16 [default: the model's]."),
 ) -> None:
     """Grokking modular addition: train the `grokking-1l` model on (a + b) mod p (or reuse the run),
     measure Nanda et al.'s progress measures at every checkpoint, find the memorisation,
@@ -35,10 +38,10 @@ def grok_cmd(
     with Bars() as bars:
         measured = lambda name, i, n: bars.train(f"{name} (measure)", i, n)  # noqa: E731
         if run is not None:
-            r = measure_grokking(run, log=bars.log, measure_progress=measured)
+            r = measure_grokking(run, log=bars.log, measure_progress=measured, device=device, dtype=dtype)
         else:
             r = run_grokking(p=p, frac=frac, seed=seed, out=out, steps=steps, weight_decay=weight_decay, lr=lr, log=bars.log,
-                             train_progress=bars.train, measure_progress=measured)
+                             train_progress=bars.train, measure_progress=measured, device=device, dtype=dtype)
     s = r.summary
     ph = {k: v for k, v in s["phases"].items() if k != "rule"}
     if json_out:

@@ -61,7 +61,8 @@ def run_name(cfg: ExperimentConfig) -> str:
 
 def run_grokking(p: int = 113, frac: float = 0.3, seed: int = 0, out: str | Path = "runs/grokking", steps: int | None = None,
                  weight_decay: float | None = None, lr: float | None = None, log: Log | None = None,
-                 train_progress: TrainProgress | None = None, measure_progress: TrainProgress | None = None) -> GrokkingResult:
+                 train_progress: TrainProgress | None = None, measure_progress: TrainProgress | None = None,
+                 device: str | None = None, dtype: str | None = None) -> GrokkingResult:
     """Train (or reuse) the run in `out/p{P}-f{FRAC}-wd{WD}-s{SEED}`, measure every checkpoint, find
     the phases, analyse the final model and write the run's report page.
 
@@ -71,6 +72,8 @@ def run_grokking(p: int = 113, frac: float = 0.3, seed: int = 0, out: str | Path
         steps, weight_decay, lr: override the preset's (weight_decay=0 is the no-grokking control).
         log: called with a line for each thing done.
         train_progress, measure_progress: called with (run name, done, total).
+        device: where to train and measure ("auto", "cpu", "cuda"; not part of the run's identity).
+        dtype: the measurements' precision ("fp32", "bf16", ...); training keeps the preset's.
 
     Raises:
         ConfigError: invalid settings, or the run folder holds another experiment.
@@ -78,14 +81,16 @@ def run_grokking(p: int = 113, frac: float = 0.3, seed: int = 0, out: str | Path
     log = log or (lambda line: None)
     t0 = time.perf_counter()
     cfg = grok_experiment(p, frac, seed, steps, weight_decay, lr)
+    cfg = cfg.replace(train={"device": device}) if device else cfg
     path = Path(out) / run_name(cfg)
     progress = (lambda step, total, rec: train_progress(path.name, step, total)) if train_progress else None
     _, trained = ensure_trained(cfg, path, progress, announce=lambda: log(f"training {path.name} ({cfg.train.steps:,} full-batch steps)"))
-    result = measure_grokking(path, log, measure_progress)
+    result = measure_grokking(path, log, measure_progress, device, dtype)
     return GrokkingResult(result.run, result.summary, result.report, time.perf_counter() - t0, trained)
 
 
-def measure_grokking(path: str | Path, log: Log | None = None, measure_progress: TrainProgress | None = None) -> GrokkingResult:
+def measure_grokking(path: str | Path, log: Log | None = None, measure_progress: TrainProgress | None = None,
+                     device: str | None = None, dtype: str | None = None) -> GrokkingResult:
     """Measure an existing modular-addition run (e.g. one `icl-lab train --preset grokking-1l` wrote)
     unless it is already measured since its last checkpoint, and write its report page.
 
@@ -100,9 +105,18 @@ def measure_grokking(path: str | Path, log: Log | None = None, measure_progress:
         summary = grokking_summary(run)
     else:
         log(f"measuring every checkpoint of {run.path.name}")
-        summary = evaluate_run(run, measure_progress)
+        summary = evaluate_run(run, measure_progress, device=_measure_device(device), dtype=dtype)
     log(f"writing the report of {run.path.name}")
     from icl_lab.organisms.grokking.page import write_grokking_report  # plotly loads only when a page is written
 
     report = write_grokking_report(run)
     return GrokkingResult(run, summary, report, time.perf_counter() - t0, False)
+
+
+def _measure_device(device: str | None) -> str:
+    """Where measurements run: "auto" picks CUDA when there is one, as training does."""
+    if device in (None, "auto"):
+        import torch
+
+        return "cuda" if device == "auto" and torch.cuda.is_available() else "cpu"
+    return device

@@ -63,7 +63,8 @@ class Grokking(Measurement):
         })
 
 
-def evaluate_run(run: Run, progress: Progress | None = None, device: str = "cpu", steps: Sequence[int] | None = None) -> dict:
+def evaluate_run(run: Run, progress: Progress | None = None, device: str = "cpu", steps: Sequence[int] | None = None,
+                 dtype: str | None = None) -> dict:
     """Measure every checkpoint of a modular-addition run, replace the `grokking.` rows of its
     metrics table, find its phases, take its final model apart and write `analysis/grokking.json`.
 
@@ -76,7 +77,7 @@ def evaluate_run(run: Run, progress: Progress | None = None, device: str = "cpu"
     """
     task_of(run)
     m = Grokking()
-    table = walk(run, [m], progress=progress, device=device, steps=steps)
+    table = walk(run, [m], progress=progress, device=device, dtype=dtype, steps=steps)
     store_rows(run, [m], table, {"key_freqs": m.freqs})
     m.save(run)
     return grokking_summary(run)  # as JSON holds it (frequency keys become strings), whether fresh or reused

@@ -23,6 +23,9 @@ def oocr_cmd(
     weight_decay: Optional[float] = typer.Option(None, help="Override the preset's AdamW weight decay (grokking depends on it)."),
     phi: Optional[float] = typer.Option(None, help="two-hop: trained inferred facts per atomic fact (3.6-18; at most its 20 relations)."),
     json_out: bool = typer.Option(False, "--json", help="Print {task, splits, chance} per task as JSON on stdout, nothing else."),
+    device: Optional[str] = typer.Option(None, help="Where to train and score: auto, cpu or cuda [default: the preset's "
+                                         "train.device, scoring on cpu]; not part of the run."),
+    dtype: Optional[str] = typer.Option(None, help="The scoring's precision, e.g. fp32 or bf16 [default: the model's]."),
 ) -> None:
     """Out-of-context reasoning: train the task's model (or reuse it), score every checkpoint on
     trained facts and each held-out split, take the final model apart (bridge lens, hop patching)
@@ -34,7 +37,8 @@ def oocr_cmd(
     with Bars() as bars:
         for name in tasks:
             results.append(run_task(name, out=out, seed=seed, steps=steps, weight_decay=weight_decay,
-                                    phi=phi if task != "all" or name == "two-hop" else None, log=bars.log, train_progress=bars.train))
+                                    phi=phi if task != "all" or name == "two-hop" else None, log=bars.log, train_progress=bars.train,
+                                    device=device, dtype=dtype))
     records = [{"task": r.summary["task"], "seed": seed, "splits": r.summary["splits"], "chance": r.summary["chance"]} for r in results]
     if json_out:
         print(json.dumps(records if task == "all" else records[0], indent=2))

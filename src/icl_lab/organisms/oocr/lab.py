@@ -64,7 +64,7 @@ def task_experiment(task: str, seed: int = 0, steps: int | None = None, weight_d
 
 def run_task(task: str, out: str | Path = "runs/oocr", seed: int = 0, steps: int | None = None,
              weight_decay: float | None = None, phi: float | None = None, log: Log | None = None,
-             train_progress: TrainProgress | None = None) -> OOCRResult:
+             train_progress: TrainProgress | None = None, device: str | None = None, dtype: str | None = None) -> OOCRResult:
     """Train (or reuse) `task`'s model in `out/TASK-sSEED` (`TASK-phiPHI-sSEED` with `phi`), score every checkpoint, analyse the
     final model and write the run's report.
 
@@ -75,6 +75,8 @@ def run_task(task: str, out: str | Path = "runs/oocr", seed: int = 0, steps: int
         steps, weight_decay, phi: override the preset's (see `task_experiment`).
         log: called with a line for each thing done.
         train_progress: called with (run name, step, total) while training.
+        device: where to train and score ("auto", "cpu", "cuda"; not part of the run's identity).
+        dtype: the scoring's precision ("fp32", "bf16", ...); training keeps the preset's.
 
     Raises:
         ConfigError: an unknown task, or the run folder holds another experiment.
@@ -82,6 +84,7 @@ def run_task(task: str, out: str | Path = "runs/oocr", seed: int = 0, steps: int
     log = log or (lambda line: None)
     t0 = time.perf_counter()
     cfg = task_experiment(task, seed, steps, weight_decay, phi)
+    cfg = cfg.replace(train={"device": device}) if device else cfg
     path = Path(out) / (f"{task}-phi{phi:g}-s{seed}" if phi is not None else f"{task}-s{seed}")  # a phi sweep side by side
     progress = (lambda step, total, rec: train_progress(path.name, step, total)) if train_progress else None
     ensure_trained(cfg, path, progress, announce=lambda: log(f"training {path.name} ({cfg.train.steps} steps)"))
@@ -89,7 +92,7 @@ def run_task(task: str, out: str | Path = "runs/oocr", seed: int = 0, steps: int
     summary = json.loads(summary_path(run).read_text()) if is_evaluated(run) else {}
     if "circuits" not in summary:
         log(f"scoring every checkpoint of {path.name}")
-        summary = evaluate_run(run)
+        summary = evaluate_run(run, device=None if device == "auto" else device, dtype=dtype)
         log(f"taking {path.name} apart: bridge lens and hop patching")
         summary["circuits"] = analyze_circuits(run.model(), task_of(run))
         summary["seed"] = seed

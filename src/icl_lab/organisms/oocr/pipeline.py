@@ -64,7 +64,7 @@ class OOCRScores(Measurement):
                                      "chance": self.task.chance})
 
 
-def evaluate_run(run: Run, progress: Progress | None = None) -> dict:
+def evaluate_run(run: Run, progress: Progress | None = None, device: str | None = None, dtype: str | None = None) -> dict:
     """Score every checkpoint of an out-of-context reasoning run, add the rows to its metrics
     table (replacing earlier `oocr.` rows; other rows stay), write `analysis/oocr.json` and store
     the attention viewer (one query of each split) for the report.
@@ -74,7 +74,7 @@ def evaluate_run(run: Run, progress: Progress | None = None) -> dict:
         checkpoint.
     """
     m, viewer = OOCRScores(), AttentionViewer()
-    table = walk(run, [m, viewer], progress=progress)
+    table = walk(run, [m, viewer], progress=progress, device=device, dtype=dtype)
     store_rows(run, [m, viewer], table)
     m.save(run)
     viewer.save(run)
