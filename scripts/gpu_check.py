@@ -74,7 +74,8 @@ def check_ddp(rows: list, device: str, tmp: Path, quick: bool) -> None:
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m", "icl_lab.cli",
                           *common, "--out", str(tmp / "ddp")], capture_output=True, text=True)
     if plain.returncode or ddp.returncode:
-        rows.append((f"DDP ({'nccl' if device == 'cuda' else 'gloo'}, 1 process)", (ddp.stderr or plain.stderr).strip()[-80:], "runs", False))
+        why = (ddp.stderr or plain.stderr).strip()[-80:]
+        rows.append((f"DDP ({'nccl' if device == 'cuda' else 'gloo'}, 1 process)", why, "runs", False))
         return
     a, b = (float(icl_lab.load_run(tmp / n).log.loss.iloc[-1]) for n in ("plain", "ddp"))
     rows.append((f"DDP ({'nccl' if device == 'cuda' else 'gloo'}, 1 process) final loss gap", f"{abs(a - b):.2e}",
@@ -83,10 +84,10 @@ def check_ddp(rows: list, device: str, tmp: Path, quick: bool) -> None:
 
 def check_analysis(rows: list, run: icl_lab.Run, device: str, n: int) -> None:
     """analyze and the all-head ablation on the device against the CPU, on the same run."""
-    cpu = icl_lab.analyze([run], n_examples=n, write=False, device="cpu")
-    on = icl_lab.analyze([run], n_examples=n, write=False, device=device)
-    gap = max(abs(cpu[str(run.path)]["icl_score"]["final"] - on[str(run.path)]["icl_score"]["final"]),
-              max(abs(x["prefix_matching"] - y["prefix_matching"]) for x, y in zip(cpu[str(run.path)]["heads"], on[str(run.path)]["heads"])))
+    cpu = icl_lab.analyze([run], n_examples=n, write=False, device="cpu")[str(run.path)]
+    on = icl_lab.analyze([run], n_examples=n, write=False, device=device)[str(run.path)]
+    gap = max(abs(cpu["icl_score"]["final"] - on["icl_score"]["final"]),
+              max(abs(x["prefix_matching"] - y["prefix_matching"]) for x, y in zip(cpu["heads"], on["heads"])))
     rows.append((f"analyze --device {device} vs cpu (ICL, prefix matching)", f"{gap:.2e}", f"<= {ATOL}", gap <= ATOL))
     icl_lab.analyze([run], n_examples=n, device="cpu")
     ablate_run(run, kinds=("zero",), device="cpu")
@@ -108,7 +109,7 @@ def check_throughput(rows: list, device: str, quick: bool) -> None:
     stream = open_stream(cfg.data, cfg.model.d_vocab, cfg.model.n_ctx, cfg.train.batch_size, seed=0)
     batches = [stream.next().tokens.to(device) for _ in range(8)]
     ours = Transformer(cfg.model, seed=0).to(device)
-    peer = to_transformer_lens(Transformer(cfg.model, seed=0)).to(device)
+    peer = to_transformer_lens(Transformer(cfg.model, seed=0)).to(device, print_details=False)
     speed = {}
     for name, model, loss in (("icl-lab", ours, lambda m, t: m.loss(t)), ("TransformerLens", peer, lambda m, t: m(t, return_type="loss"))):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

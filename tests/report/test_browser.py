@@ -91,7 +91,8 @@ def server(runs_dir):
 def test_server_lists_runs_and_opens_a_report(page, server):
     page.goto(server + "/")
     links = page.eval_on_selector_all("#runs a", "a => a.map(e => e.textContent)")
-    assert links == ["demo/one", "demo/two"]
+    # the shared runs folder: test_server.py may add a "fresh" run first when the files run in another order
+    assert [name for name in links if name.startswith("demo/")] == ["demo/one", "demo/two"]
     page.click("text=demo/two")
     page.wait_for_selector("#attn-heatmap .main-svg")
     assert page.title() == "icl-lab report: two" and page.errors == []
