@@ -3,39 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from icl_lab.organisms.grokking.task import train_size
 from icl_lab.organisms.grokking.pipeline import evaluate_run, is_evaluated
 from icl_lab.organisms.grokking.results import grokking_summary
-from icl_lab.run.rundir import Run, load_run
+from icl_lab.run.lab import LabResult, Log, TrainProgress
+from icl_lab.run.rundir import load_run
 from icl_lab.train.config import ExperimentConfig
 from icl_lab.train.presets import get_preset
 from icl_lab.train.trainer import ensure_trained
 
-Log = Callable[[str], None]
-TrainProgress = Callable[[str, int, int], None]  # (run name, step, total)
 
 
-@dataclass(frozen=True)
-class GrokkingResult:
-    """One run's outcome.
-
-    Attributes:
-        run: the run directory.
-        summary: `analysis/grokking.json` (see `icl_lab.organisms.grokking.pipeline.evaluate_run`).
-        report: the run's HTML page.
-        seconds: wall-clock time of this call, training included.
-        trained: whether this call trained (False when the run was reused).
-    """
-
-    run: Run
-    summary: dict
-    report: Path
-    seconds: float
-    trained: bool
+GrokkingResult = LabResult  # the shared shape (icl_lab.run.lab)
 
 
 def grok_experiment(p: int = 113, frac: float = 0.3, seed: int = 0, steps: int | None = None,

@@ -4,38 +4,19 @@ checkpoint, write the report), and `measure_markov` for a run that is already tr
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from icl_lab.organisms.markov.pipeline import evaluate_run, is_evaluated
 from icl_lab.organisms.markov.results import read_summary
-from icl_lab.run.rundir import Run, load_run
+from icl_lab.run.lab import LabResult, Log, TrainProgress
+from icl_lab.run.rundir import load_run
 from icl_lab.train.config import ExperimentConfig
 from icl_lab.train.presets import get_preset
 from icl_lab.train.trainer import ensure_trained
 
-Log = Callable[[str], None]
-TrainProgress = Callable[[str, int, int], None]  # (run name, done, total)
 
 
-@dataclass(frozen=True)
-class MarkovResult:
-    """One run's outcome.
-
-    Attributes:
-        run: the run directory.
-        summary: `analysis/markov.json` (see `icl_lab.organisms.markov.pipeline.summarise`).
-        report: the run's HTML report.
-        seconds: wall-clock time of this call, training included.
-        trained: whether this call trained (False when the run was reused).
-    """
-
-    run: Run
-    summary: dict
-    report: Path
-    seconds: float
-    trained: bool
+MarkovResult = LabResult  # the shared shape (icl_lab.run.lab)
 
 
 def markov_experiment(seed: int = 0, steps: int | None = None, n_states: int | None = None) -> ExperimentConfig:

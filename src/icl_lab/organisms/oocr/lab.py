@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from icl_lab.errors import ConfigError
@@ -13,33 +11,17 @@ from icl_lab.organisms.oocr.circuits import analyze_circuits
 from icl_lab.io import write_json
 from icl_lab.organisms.oocr.pipeline import evaluate_run, is_evaluated, task_of
 from icl_lab.organisms.oocr.results import summary_path
-from icl_lab.run.rundir import Run, load_run
+from icl_lab.run.lab import LabResult, Log, TrainProgress
+from icl_lab.run.rundir import load_run
 from icl_lab.train.config import ExperimentConfig
 from icl_lab.train.presets import get_preset
 from icl_lab.train.trainer import ensure_trained
 
 TASKS = ("reversal", "chain", "chain-cot", "chain-same", "two-hop")
 
-Log = Callable[[str], None]
-TrainProgress = Callable[[str, int, int], None]  # (run name, step, total)
 
 
-@dataclass(frozen=True)
-class OOCRResult:
-    """One task's outcome.
-
-    Attributes:
-        run: the run directory.
-        summary: `{task, run, step, splits: {split: accuracy}, loss, chance, seed, circuits}`
-            (also in RUN/analysis/oocr.json).
-        report: the run's HTML report.
-        seconds: wall-clock time, training included.
-    """
-
-    run: Run
-    summary: dict
-    report: Path
-    seconds: float
+OOCRResult = LabResult  # the shared shape (icl_lab.run.lab)
 
 
 def task_experiment(task: str, seed: int = 0, steps: int | None = None, weight_decay: float | None = None,
