@@ -50,7 +50,7 @@ def _replacement(z: Tensor, kind: AblationKind) -> Tensor:
     raise ConfigError(f"unknown ablation kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
-def _check(model: Transformer, heads: Sequence[tuple[int, int]], kind: str) -> None:
+def _check(model: Transformer, heads: Sequence[tuple[int, int]], kind: str) -> None:  # validates any string
     if kind not in KINDS:
         raise ConfigError(f"unknown ablation kind {kind!r}; choose one of {', '.join(KINDS)}")
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
@@ -70,7 +70,7 @@ def ablate_heads(
     model: Transformer,
     tokens: Int[Tensor, "batch pos"],
     heads: Sequence[tuple[int, int]] | None = None,
-    kind: str = "zero",  # AblationKind, checked here so a typo gets a one-line error
+    kind: AblationKind = "zero",  # also checked at run time, so a typo gets a one-line error
     pattern_preserving: bool = True,
     positions: Tensor | Sequence[int] | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
@@ -128,7 +128,7 @@ def sweep_cache_bytes(cfg: ModelConfig, n_pos: int, itemsize: int, layers: Seque
     return cached + forward_row_bytes(cfg, n_pos, itemsize, logits=False, patterns=preserve)
 
 
-def _replacer(kind: str, means: dict[int, Tensor], n: int):
+def _replacer(kind: AblationKind, means: dict[int, Tensor], n: int):
     """z -> what ablation puts in its place for the first `n` sequences: zeros, the mean over
     every sequence (from `_mean_z`), or the next sequence's z."""
     def replace(layer: int, z: Tensor) -> Tensor:  # z [batch (+1 riding along), pos, head, d_head]
@@ -221,7 +221,7 @@ def _ablated_layer(model: Transformer, cache, layer: int, chunk: list[int], repl
     return model.blocks[layer].after_attention(resid_pre[None], attn_out[None] + delta).flatten(0, 1)
 
 
-def _ablated_losses(model: Transformer, tokens: Tensor, cache, group: Sequence[tuple[int, int]], kind: str,
+def _ablated_losses(model: Transformer, tokens: Tensor, cache, group: Sequence[tuple[int, int]], kind: AblationKind,
                     pattern_preserving: bool) -> Tensor:
     """Per-token loss with every head in `group` ablated at once, by hooks, in one forward pass."""
     hooks = []
@@ -248,7 +248,7 @@ def _clean_cache(model: Transformer, tokens: Tensor):
 @torch.inference_mode()
 def ablate_heads_serially(
     model: Transformer, tokens: Int[Tensor, "batch pos"], heads: Sequence[tuple[int, int]] | None = None,
-    kind: str = "zero", pattern_preserving: bool = True, positions: Tensor | Sequence[int] | None = None,
+    kind: AblationKind = "zero", pattern_preserving: bool = True, positions: Tensor | Sequence[int] | None = None,
 ) -> Float[Tensor, "ablation batch k"]:
     """The same result as `ablate_heads`, one full forward pass per head: the reference the
     batched sweep is tested and benchmarked against."""
@@ -263,7 +263,7 @@ def ablate_heads_serially(
 @torch.inference_mode()
 def ablate_head_group(
     model: Transformer, tokens: Int[Tensor, "batch pos"], heads: Sequence[tuple[int, int]],
-    kind: str = "zero", pattern_preserving: bool = True, positions: Tensor | Sequence[int] | None = None,
+    kind: AblationKind = "zero", pattern_preserving: bool = True, positions: Tensor | Sequence[int] | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Float[Tensor, "2 batch k"]:
     """Per-token loss with all of `heads` ablated together (e.g. every induction head at once),
@@ -300,7 +300,7 @@ def ablate_head_group(
     return torch.cat(out, dim=1)
 
 
-def _group_chunk(model: Transformer, tokens: Tensor, rows: Tensor, idx: Tensor, group: dict[int, list[int]], kind: str,
+def _group_chunk(model: Transformer, tokens: Tensor, rows: Tensor, idx: Tensor, group: dict[int, list[int]], kind: AblationKind,
                  means: dict[int, Tensor], preserve: bool) -> Tensor:
     """[2, chunk, k] clean and group-ablated losses of the sequences `idx`. A resampled head takes
     the next sequence's z (the last takes the first's), so that sequence rides along, unscored."""

@@ -5,48 +5,10 @@ norm come from d_head-sized computations, never from the full product (Elhage et
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
-from torch import Tensor
-
+from icl_lab.model.factored import Factored
 from icl_lab.model.transformer import Transformer
 
-
-@dataclass(frozen=True)
-class Factored:
-    """M = A @ B with A [..., m, r] and B [..., r, n] (r small)."""
-
-    A: Tensor
-    B: Tensor
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (*self.A.shape[:-1], self.B.shape[-1])
-
-    def full(self) -> Tensor:
-        """The product itself (only for small m, n)."""
-        return self.A @ self.B
-
-    def eigenvalues(self) -> Tensor:
-        """Non-zero eigenvalues of the square product [..., r] (complex): those of B @ A."""
-        return torch.linalg.eigvals((self.B @ self.A).double())
-
-    def singular_values(self) -> Tensor:
-        """Singular values [..., r]: those of R_A R_B^T, with A = Q_A R_A and B^T = Q_B R_B."""
-        ra = torch.linalg.qr(self.A.double()).R  # [..., r, r]
-        rb = torch.linalg.qr(self.B.transpose(-1, -2).double()).R
-        return torch.linalg.svdvals(ra @ rb.transpose(-1, -2))
-
-    def norm(self) -> Tensor:
-        """Frobenius norm, from the r x r Gram matrices: ||AB||^2 = trace(A^T A B B^T)."""
-        return ((self.A.transpose(-1, -2) @ self.A) * (self.B @ self.B.transpose(-1, -2))).sum((-1, -2)).sqrt()
-
-    def __matmul__(self, other: Tensor) -> "Factored":
-        return Factored(self.A, self.B @ other)
-
-    def __rmatmul__(self, other: Tensor) -> "Factored":
-        return Factored(other @ self.A, self.B)
+__all__ = ["Factored", "qk_circuit", "ov_circuit", "full_qk_circuit", "full_ov_circuit"]
 
 
 def qk_circuit(model: Transformer) -> Factored:

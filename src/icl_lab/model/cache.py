@@ -30,6 +30,8 @@ from torch import Tensor
 
 from icl_lab.errors import CheckpointError, ConfigError
 from icl_lab.io import write_safetensors
+from icl_lab.model.cache_stacks import StacksMixin, at_pos
+from icl_lab.model.names import get_act_name
 
 _SHORT = {
     "embed": "hook_embed", "pos_embed": "hook_pos_embed",
@@ -46,28 +48,23 @@ PosSlice = Union[int, slice, None]
 Stack = Float[Tensor, "component *batch_and_pos d_model"]
 
 
-def hook_name(short: str, layer: int | None = None) -> str:
-    """Full hook name from a short one: hook_name("pattern", 1) == "blocks.1.attn.hook_pattern"."""
-    if short not in _SHORT:
-        return short
-    template = _SHORT[short]
-    if "{l}" in template:
-        if layer is None:
-            raise ConfigError(f"hook {short!r} is per layer; pass a layer, e.g. cache[{short!r}, 0]")
-        return template.format(l=layer)
-    return template
+def hook_name(short: str, layer: int | None = None, layer_type: str | None = None) -> str:
+    """Full hook name from a short one, by TransformerLens's `get_act_name` rules:
+    hook_name("pattern", 1) == "blocks.1.attn.hook_pattern", hook_name("scale") == "ln_final.hook_scale".
+
+    Raises:
+        ConfigError: a per-layer name without a layer, or TransformerLens's per-head `attn_in`,
+            which icl-lab's heads do not have (they share one input).
+    """
+    if short in _SHORT and "{l}" in _SHORT[short] and layer is None:
+        raise ConfigError(f"hook {short!r} is per layer; pass a layer, e.g. cache[{short!r}, 0]")
+    if short in ("attn_in", "q_input", "k_input", "v_input"):
+        raise ConfigError(f"icl-lab has no per-head {short!r} hook (its heads share one input): read cache['resid_pre', l] "
+                          "or blocks.{l}.ln1.hook_normalized, and patch one head through hook_q / hook_k / hook_v")
+    return get_act_name(short, layer, layer_type)
 
 
-def _at_pos(x: Tensor, pos_slice: PosSlice, pos_dim: int = -2) -> Tensor:
-    """x with `pos_slice` taken on its position axis (an int drops the axis)."""
-    if pos_slice is None:
-        return x
-    index = [slice(None)] * x.ndim
-    index[pos_dim] = pos_slice
-    return x[tuple(index)]
-
-
-class ActivationCache(Mapping[str, Tensor]):
+class ActivationCache(StacksMixin, Mapping[str, Tensor]):
     """Hook name -> activation. Shorthand keys work: `cache["pattern", 1]`, `cache["resid_pre", 0]`.
 
     Attributes:
@@ -79,10 +76,15 @@ class ActivationCache(Mapping[str, Tensor]):
         self._store = store
         self.model = model
 
-    def _key(self, key: str | tuple[str, int]) -> str:
-        return hook_name(*key) if isinstance(key, tuple) else hook_name(key)
+    def _key(self, key: str | tuple) -> str:
+        if not isinstance(key, tuple):
+            return hook_name(key)
+        name, layer, layer_type = (*key, None, None)[:3]
+        if layer is not None and layer < 0:  # from the end, as TransformerLens: cache["resid_pre", -1]
+            layer += self._need_model().cfg.n_layers
+        return hook_name(name, layer, layer_type)
 
-    def __getitem__(self, key: str | tuple[str, int]) -> Tensor:
+    def __getitem__(self, key: str | tuple) -> Tensor:
         name = self._key(key)
         if name not in self._store:
             raise KeyError(f"{name!r} was not cached; widen names_filter in run_with_cache")
@@ -185,7 +187,7 @@ class ActivationCache(Mapping[str, Tensor]):
             if (incl_mid and l < layer) or (mlp_input and l == layer):
                 parts.append(self["resid_mid", l])
                 labels.append(f"{l}_mid")
-        stack = torch.stack([_at_pos(p, pos_slice) for p in parts])
+        stack = torch.stack([at_pos(p, pos_slice) for p in parts])
         if apply_ln and layer == model.cfg.n_layers:
             stack = model.ln_final(stack)  # recomputed statistics per entry: each is read as a final stream
         elif apply_ln:
@@ -235,7 +237,7 @@ class ActivationCache(Mapping[str, Tensor]):
         if mlp_input and mode != "mlp":
             parts.append(self["attn_out", layer])
             labels.append(f"{layer}_attn_out")
-        stack = torch.stack([_at_pos(p, pos_slice) for p in parts])
+        stack = torch.stack([at_pos(p, pos_slice) for p in parts])
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer, mlp_input=mlp_input, pos_slice=pos_slice)
         return (stack, labels) if return_labels else stack
@@ -245,8 +247,8 @@ class ActivationCache(Mapping[str, Tensor]):
         b_O): [batch, pos, head, d_model], the cached `attn.hook_result` if there is one, else
         from the cached `hook_z`."""
         if hook_name("result", layer) in self:
-            return _at_pos(self["result", layer], pos_slice, pos_dim=1)
-        z = _at_pos(self["z", layer], pos_slice, pos_dim=1)  # [batch, pos, head, d_head]
+            return at_pos(self["result", layer], pos_slice, pos_dim=1)
+        z = at_pos(self["z", layer], pos_slice, pos_dim=1)  # [batch, pos, head, d_head]
         W_O = self._need_model().blocks[layer].attn.W_O.to(z.device, z.dtype)
         return einops.einsum(z, W_O, "... head d_head, head d_head d_model -> ... head d_model")
 
@@ -270,14 +272,14 @@ class ActivationCache(Mapping[str, Tensor]):
         """
         model, layer = self._need_model(), self._layer(layer)
         labels = [f"L{l}H{h}" for l in range(layer) for h in range(model.cfg.n_heads)]
-        shape = _at_pos(self["embed"], pos_slice).shape
+        shape = at_pos(self["embed"], pos_slice).shape
         if layer:
             per_head = torch.stack([self.head_results(l, pos_slice) for l in range(layer)])  # [layer, ..., head, d_model]
             stack = einops.rearrange(per_head, "layer ... head d_model -> (layer head) ... d_model")
         else:
             stack = self["embed"].new_zeros((0, *shape))
         if incl_remainder:
-            rest = _at_pos(self["resid_post", layer - 1], pos_slice) if layer else _at_pos(self["resid_pre", 0], pos_slice)
+            rest = at_pos(self["resid_post", layer - 1], pos_slice) if layer else at_pos(self["resid_pre", 0], pos_slice)
             stack = torch.cat([stack, (rest - stack.sum(0))[None]])
             labels.append("remainder")
         if apply_ln:
@@ -309,11 +311,11 @@ class ActivationCache(Mapping[str, Tensor]):
             name = "ln_final.hook_scale"
         else:
             name = f"blocks.{layer}.ln{2 if mlp_input else 1}.hook_scale"
-        return residual_stack / _at_pos(self[name], pos_slice)
+        return residual_stack / at_pos(self[name], pos_slice)
 
     def logit_attrs(
-        self, residual_stack: Stack, tokens: Int[Tensor, "*batch_and_pos"],
-        incorrect_tokens: Int[Tensor, "*batch_and_pos"] | None = None, pos_slice: PosSlice = None,
+        self, residual_stack: Stack, tokens: Int[Tensor, "*batch_and_pos"] | str | int,
+        incorrect_tokens: Int[Tensor, "*batch_and_pos"] | str | int | None = None, pos_slice: PosSlice = None,
     ) -> Float[Tensor, "component *batch_and_pos"]:
         """Direct logit attribution: each piece's contribution to the logit of `tokens` (minus
         that of `incorrect_tokens`). As in TransformerLens, the stack is first scaled by the final
@@ -323,8 +325,9 @@ class ActivationCache(Mapping[str, Tensor]):
         Args:
             residual_stack: [component, batch, pos, d_model] (or [component, batch, d_model] with
                 an int `pos_slice`), e.g. from `decompose_resid` or `stack_head_results`.
-            tokens: [batch, pos] (or [batch]) token ids whose logits to attribute.
-            incorrect_tokens: ids of the same shape, for a logit difference.
+            tokens: [batch, pos] (or [batch]) token ids whose logits to attribute, or one token
+                for every row (a string of one token or an id).
+            incorrect_tokens: ids of the same shape (or one token), for a logit difference.
             pos_slice: the positions the stack holds.
 
         Returns:
@@ -334,6 +337,13 @@ class ActivationCache(Mapping[str, Tensor]):
             ConfigError: tokens of another shape than the stack's batch and position axes.
         """
         model = self._need_model()
+        tokens, incorrect_tokens = (t if t is None or isinstance(t, Tensor) else
+                                    torch.as_tensor(model.to_single_token(t) if isinstance(t, str) else t)
+                                    for t in (tokens, incorrect_tokens))
+        if tokens.ndim == 0:  # one token for every row and position
+            tokens = tokens.expand(residual_stack.shape[1:-1])
+        if incorrect_tokens is not None and incorrect_tokens.ndim == 0:
+            incorrect_tokens = incorrect_tokens.expand(residual_stack.shape[1:-1])
         if tuple(tokens.shape) != tuple(residual_stack.shape[1:-1]):
             raise ConfigError(f"tokens {tuple(tokens.shape)} do not match the stack's batch and position axes "
                               f"{tuple(residual_stack.shape[1:-1])}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from icl_lab._config import FrozenConfig
 
@@ -65,6 +65,13 @@ class ModelConfig(FrozenConfig):
     rotary_base: float = Field(default=10000.0, gt=0)
     rotary_dim: int = Field(default=0, ge=0)
     loss_dtype: Literal["fp32", "fp64"] = "fp32"
+    _device: str = PrivateAttr("cpu")  # where the model built from it lives (`Transformer` keeps it current)
+
+    def __eq__(self, other: object) -> bool:  # the fields only: where a model lives is not part of its description
+        return isinstance(other, ModelConfig) and self.model_dump() == other.model_dump()
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.model_dump().items()))
 
     @model_validator(mode="before")
     @classmethod
@@ -101,3 +108,20 @@ class ModelConfig(FrozenConfig):
     @property
     def attn_only(self) -> bool:
         return self.d_mlp == 0
+
+    # ---- TransformerLens's names for the same facts (HookedTransformerConfig) ----------------
+    @property
+    def normalization_type(self) -> str | None:
+        """TransformerLens's name for `normalization`: "LN", "RMS" or None."""
+        return {"layernorm": "LN", "rmsnorm": "RMS"}.get(self.normalization)
+
+    @property
+    def positional_embedding_type(self) -> str:
+        """TransformerLens's name for `positional`: "standard", "shortformer" or "rotary"."""
+        return "standard" if self.positional == "learned" else self.positional
+
+    @property
+    def device(self) -> str:
+        """Where the model this config belongs to lives ("cpu", "cuda:0", ...), as TransformerLens's
+        `cfg.device`; "cpu" for a config no model owns."""
+        return self._device

@@ -38,6 +38,19 @@ class HookPoint(nn.Module):
         super().__init__()
         self.name: str = ""
         self.fns: list[HookFn] = []
+        self.permanent: list[HookFn] = []  # attached with add_hook(..., is_permanent=True): reset_hooks keeps them
+        self.ctx: dict = {}  # a hook's scratch space across runs (TransformerLens's hook.ctx); reset_hooks clears it
+
+    def layer(self) -> int:
+        """The block this hook point sits in (`blocks.3.attn.hook_z` -> 3).
+
+        Raises:
+            ConfigError: a hook point outside the blocks (embeddings, final norm).
+        """
+        parts = self.name.split(".")
+        if len(parts) < 2 or parts[0] != "blocks":
+            raise ConfigError(f"{self.name} is not inside a block; it has no layer")
+        return int(parts[1])
 
     @property
     def active(self) -> bool:
@@ -134,42 +147,88 @@ class HookedRootModule(nn.Module):
             for hp, fn in reversed(added):
                 hp.fns.remove(fn)
 
-    def reset_hooks(self) -> None:
-        """Remove every attached hook (only needed after attaching by hand)."""
-        for hp in self.hook_dict.values():
-            hp.fns.clear()
+    @property
+    def mod_dict(self) -> dict[str, nn.Module]:
+        """Every submodule by its dotted name (TransformerLens's `mod_dict`)."""
+        return dict(self.named_modules())
 
-    def run_with_hooks(self, tokens: Tensor, fwd_hooks: Sequence[HookSpec] = (), bwd_hooks: Sequence[HookSpec] = (),
-                       **forward_kwargs) -> Tensor:
+    def add_hook(self, name: str | Callable[[str], bool], hook: HookFn, dir: str = "fwd", is_permanent: bool = False) -> None:
+        """Attach `hook` until `reset_hooks()` (or for good with `is_permanent`), as TransformerLens's
+        `add_hook`; `dir="bwd"` attaches it to the activation's gradient. Prefer `hooks(...)`, which
+        removes what it attached even on error.
+
+        Raises:
+            ConfigError: an unknown hook name or direction.
+        """
+        if dir not in ("fwd", "bwd"):
+            raise ConfigError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
+        fn = hook if dir == "fwd" else _backward(hook)
+        for hp in self._resolve(name):
+            hp.fns.append(fn)
+            if is_permanent:
+                hp.permanent.append(fn)
+
+    def reset_hooks(self, clear_contexts: bool = True, including_permanent: bool = False) -> None:
+        """Remove every hook attached by hand (`add_hook`, `run_with_hooks(reset_hooks_end=False)`);
+        permanent ones stay unless `including_permanent`; `clear_contexts` empties each `hook.ctx`."""
+        for hp in self.hook_dict.values():
+            if including_permanent:
+                hp.permanent.clear()
+            hp.fns[:] = [fn for fn in hp.fns if any(fn is p for p in hp.permanent)]
+            if clear_contexts:
+                hp.ctx.clear()
+
+    def run_with_hooks(self, tokens: Tensor | str | list[str], fwd_hooks: Sequence[HookSpec] = (), bwd_hooks: Sequence[HookSpec] = (),
+                       reset_hooks_end: bool = True, clear_contexts: bool = False, **forward_kwargs) -> Tensor:
         """Run the model with temporary hooks; returns the forward's output (logits [batch, pos,
         d_vocab]). Backward hooks fire when you call `.backward()` on something computed from it.
 
         Args:
-            tokens: [batch, pos] token ids.
+            tokens: [batch, pos] token ids, a text or a list of texts.
             fwd_hooks, bwd_hooks: as in `hooks`.
-            forward_kwargs: passed to the forward (`attention_mask`, `stop_at_layer`).
+            reset_hooks_end: False leaves the hooks attached after the run (remove them with
+                `reset_hooks()`), as TransformerLens.
+            clear_contexts: empty every `hook.ctx` after the run.
+            forward_kwargs: passed to the forward (`return_type`, `attention_mask`, `stop_at_layer`, ...).
 
         Example:
             >>> grads = {}
             >>> logits = model.run_with_hooks(tokens, bwd_hooks=[("blocks.1.attn.hook_z", lambda g, hook: grads.update({hook.name: g}))])
             >>> logits[:, -1, 3].sum().backward()   # grads["blocks.1.attn.hook_z"]: [batch, pos, head, d_head]
         """
-        with self.hooks(fwd_hooks, bwd_hooks):
+        if not reset_hooks_end:
+            for name, fn in fwd_hooks:
+                self.add_hook(name, fn)
+            for name, fn in bwd_hooks:
+                self.add_hook(name, fn, dir="bwd")
             return self(tokens, **forward_kwargs)
+        try:
+            with self.hooks(fwd_hooks, bwd_hooks):
+                return self(tokens, **forward_kwargs)
+        finally:
+            if clear_contexts:
+                self.reset_hooks(clear_contexts=True, including_permanent=False)
 
-    def run_with_cache(self, tokens: Tensor, names_filter: NameFilter = None, **forward_kwargs) -> tuple[Tensor, ActivationCache]:
+    def run_with_cache(self, tokens: Tensor | str | list[str], names_filter: NameFilter = None, remove_batch_dim: bool = False,
+                       incl_bwd: bool = False, **forward_kwargs) -> tuple[Tensor | None, ActivationCache]:
         """Run the model and record activations.
 
         Args:
-            tokens: [batch, pos] token ids.
+            tokens: [batch, pos] token ids, a text or a list of texts.
             names_filter: a hook name, a list of names, or a predicate; None caches everything
                 except the per-head `attn.hook_result` ([batch, pos, head, d_model], built only
                 when something asks for it by name or predicate).
-            forward_kwargs: passed to the forward (`attention_mask`, `stop_at_layer`).
+            remove_batch_dim: store every activation without its batch axis (batch 1 only).
+            incl_bwd: also run `.backward()` on the output (a scalar: pass `return_type="loss"`)
+                and store each activation's gradient as `name + "_grad"`.
+            forward_kwargs: passed to the forward (`return_type`, `attention_mask`, `stop_at_layer`, ...).
 
         Returns:
-            logits [batch, pos, d_vocab] and an `ActivationCache` of detached activations, which
-            knows the model (for its maths: `accumulated_resid`, `decompose_resid`, ...).
+            the forward's output (logits [batch, pos, d_vocab]) and an `ActivationCache` of detached
+            activations, which knows the model (for its maths: `accumulated_resid`, `decompose_resid`, ...).
+
+        Raises:
+            ConfigError: `incl_bwd` with an output that is not a scalar, or `remove_batch_dim` with a batch of more than one.
         """
         keep = _as_predicate(names_filter)
         store: dict[str, Tensor] = {}
@@ -177,10 +236,18 @@ class HookedRootModule(nn.Module):
         def save(x: Tensor, *, hook: HookPoint) -> None:
             store[hook.name] = x.detach()
 
+        def save_grad(g: Tensor, *, hook: HookPoint) -> None:
+            store[hook.name + "_grad"] = g.detach()
+
         names = [n for n in self.hook_dict if keep(n)]
-        with self.hooks([(n, save) for n in names]):
-            logits = self(tokens, **forward_kwargs)
-        return logits, ActivationCache(store, model=self)
+        with self.hooks([(n, save) for n in names], [(n, save_grad) for n in names] if incl_bwd else ()):
+            out = self(tokens, **forward_kwargs)
+            if incl_bwd:
+                if not isinstance(out, Tensor) or out.numel() != 1:
+                    raise ConfigError("incl_bwd runs .backward() on the output, which must be a scalar; pass return_type='loss'")
+                out.backward()
+        cache = ActivationCache(store, model=self)
+        return out, cache.remove_batch_dim() if remove_batch_dim else cache
 
 
 def _backward(fn: HookFn) -> HookFn:

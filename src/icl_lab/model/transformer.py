@@ -8,7 +8,7 @@ position, `[batch, pos, d_vocab]`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,18 @@ from icl_lab.model.attention import Attention, KVCache, LayerKV, padding_mask
 from icl_lab.model.config import ModelConfig
 from icl_lab.model.hooks import HookedRootModule, HookPoint
 from icl_lab.model.init import matrix, zeros
-from icl_lab.model.text import TextMixin
+from icl_lab.model.text import PaddingSide, TextMixin
+from icl_lab.model.weights import WeightsMixin
+
+ReturnType = Literal["logits", "loss", "both"] | None
+RETURN_TYPES = ("logits", "loss", "both", None)
+
+
+class Output(NamedTuple):
+    """What `model(..., return_type="both")` returns, as TransformerLens's `Output`."""
+
+    logits: Tensor
+    loss: Tensor
 
 
 class LayerNorm(nn.Module):
@@ -161,7 +172,7 @@ def _scored(attention_mask: Tensor) -> Tensor:
     return real[:, :-1] & real[:, 1:]
 
 
-class Transformer(HookedRootModule, TextMixin):
+class Transformer(HookedRootModule, TextMixin, WeightsMixin):
     """A decoder-only transformer with TransformerLens-style hooks and weights.
 
     Attributes:
@@ -177,7 +188,7 @@ class Transformer(HookedRootModule, TextMixin):
 
     def __init__(self, cfg: ModelConfig, seed: int = 0) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg.model_copy()  # its own copy: `cfg.device` follows this model
         gen = torch.Generator().manual_seed(seed)  # weights depend only on (cfg, seed)
         self.W_E = matrix(cfg, gen, cfg.d_vocab, cfg.d_model)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
@@ -202,6 +213,11 @@ class Transformer(HookedRootModule, TextMixin):
         sampler calls `.to(device, print_details=False)`) can move this one too."""
         return super().to(*args, **kwargs)
 
+    def _apply(self, fn, recurse: bool = True):  # every move (.to, .cuda, .half) ends here: keep cfg.device current
+        out = super()._apply(fn, recurse)
+        self.cfg._device = str(self.W_E.device)
+        return out
+
     def weight_matrices(self) -> list[nn.Parameter]:
         """The weight matrices and embeddings, chosen by rank (a parameter of 2 or more dimensions),
         not by name, so a new parameter is classified without a naming convention; biases, norm
@@ -212,15 +228,22 @@ class Transformer(HookedRootModule, TextMixin):
 
     # ---- forward -------------------------------------------------------------------------
     def forward(
-        self, tokens: Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_model"],
-        attention_mask: Shaped[Tensor, "batch key_pos"] | None = None,
+        self, tokens: Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_model"] | str | list[str],
+        attention_mask: Shaped[Tensor, "batch key_pos"] | str | None = None,
         stop_at_layer: int | None = None, kv_cache: KVCache | None = None, start_at_layer: int | None = None,
-    ) -> Float[Tensor, "batch pos d_out"]:
-        """Logits [batch, pos, d_vocab] for every position.
+        *, return_type: ReturnType = "logits", loss_per_token: bool = False, prepend_bos: bool | None = None,
+        padding_side: PaddingSide | None = None,
+    ) -> Float[Tensor, "batch pos d_out"] | Float[Tensor, "..."] | Output | None:
+        """Logits [batch, pos, d_vocab] for every position (or the loss, with `return_type`).
 
         Args:
-            tokens: [batch, pos] token ids, or with `start_at_layer` the residual stream
-                [batch, pos, d_model] entering that block.
+            tokens: [batch, pos] token ids, a string or a list of strings (tokenized with
+                `to_tokens(..., prepend_bos, padding_side)`, padding masked), or with
+                `start_at_layer` the residual stream [batch, pos, d_model] entering that block.
+            return_type: "logits", "loss" (the mean next-token loss, or [batch, pos-1] with
+                `loss_per_token`), "both" (an `Output(logits, loss)`) or None (runs the model for
+                its hooks, returns None), as TransformerLens. TransformerLens's positional order
+                `model(tokens, "loss")` works too.
             attention_mask: optional [batch, pos], 1 at real tokens and 0 at left padding (from
                 `to_tokens(texts, return_mask=True)`): padding is never attended to, and positions
                 count from each row's first real token, so real tokens get the logits they would
@@ -238,6 +261,28 @@ class Transformer(HookedRootModule, TextMixin):
             ConfigError: the sequence is longer than n_ctx, a mask of another length, or
                 `stop_at_layer` / `start_at_layer` with a `kv_cache`.
         """
+        if isinstance(attention_mask, str):  # TransformerLens's order: model(tokens, return_type)
+            attention_mask, return_type = None, attention_mask
+        if return_type not in RETURN_TYPES:
+            raise ConfigError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        if isinstance(tokens, (str, list, tuple)):
+            tokens, attention_mask = self.to_tokens(tokens, prepend_bos, return_mask=True, padding_side=padding_side)
+            attention_mask = None if bool(attention_mask.all()) else attention_mask
+        out = self._run(tokens, attention_mask, stop_at_layer, kv_cache, start_at_layer)
+        if stop_at_layer is not None or return_type == "logits":
+            return out
+        if return_type is None:
+            return None
+        if start_at_layer is not None:
+            raise ConfigError("a loss needs the tokens: with start_at_layer, use return_type='logits' and score them yourself")
+        per_token = self._loss(out, tokens.to(out.device), attention_mask)
+        loss = per_token if loss_per_token else self._mean(per_token, attention_mask)
+        return loss if return_type == "loss" else Output(out, loss)
+
+    def _run(self, tokens: Tensor, attention_mask: Tensor | None, stop_at_layer: int | None, kv_cache: KVCache | None,
+             start_at_layer: int | None) -> Tensor:
+        """The forward on ids (or a residual stream with `start_at_layer`): logits, or the residual
+        stream at `stop_at_layer`."""
         tokens = tokens.to(self.W_E.device)  # inputs follow the model (a no-op when they are already there)
         past = 0 if kv_cache is None else kv_cache.n_pos
         batch, n_pos = tokens.shape[:2]
@@ -307,7 +352,10 @@ class Transformer(HookedRootModule, TextMixin):
         """Cross-entropy of predicting tokens[:, i+1] at position i, in nats: [batch, pos-1].
         With a left-padded batch's `attention_mask`, a prediction from or of padding scores 0."""
         tokens = tokens.to(self.W_E.device)
-        logits = self(tokens, attention_mask)
+        return self._loss(self(tokens, attention_mask), tokens, attention_mask)
+
+    def _loss(self, logits: Tensor, tokens: Tensor, attention_mask: Tensor | None) -> Tensor:
+        """[batch, pos-1] next-token losses from the logits (what `per_token_loss` returns)."""
         # score every position against a target padded with ignore_index, then drop the last:
         # slicing the small loss instead of the logits avoids a logits-sized zero-fill in backward
         targets = F.pad(tokens[:, 1:], (0, 1), value=-100)
@@ -319,27 +367,10 @@ class Transformer(HookedRootModule, TextMixin):
 
     def loss(self, tokens: Int[Tensor, "batch pos"], attention_mask: Shaped[Tensor, "batch pos"] | None = None) -> Float[Tensor, ""]:
         """Mean next-token cross-entropy in nats (over real targets only, with an `attention_mask`)."""
-        per_token = self.per_token_loss(tokens, attention_mask)
+        return self._mean(self.per_token_loss(tokens, attention_mask), attention_mask)
+
+    @staticmethod
+    def _mean(per_token: Tensor, attention_mask: Tensor | None) -> Tensor:
         if attention_mask is None:
             return per_token.mean()
-        return per_token.sum() / _scored(attention_mask).sum().clamp(min=1)
-
-    # ---- weights stacked over layers, TransformerLens orientation --------------------------
-    def _stack(self, name: str) -> Tensor:
-        return torch.stack([getattr(b.attn, name) for b in self.blocks])
-
-    @property
-    def W_Q(self) -> Float[Tensor, "layer head d_model d_head"]:
-        return self._stack("W_Q")
-
-    @property
-    def W_K(self) -> Float[Tensor, "layer head d_model d_head"]:
-        return self._stack("W_K")
-
-    @property
-    def W_V(self) -> Float[Tensor, "layer head d_model d_head"]:
-        return self._stack("W_V")
-
-    @property
-    def W_O(self) -> Float[Tensor, "layer head d_head d_model"]:
-        return self._stack("W_O")
+        return per_token.sum() / _scored(attention_mask.to(per_token.device)).sum().clamp(min=1)
