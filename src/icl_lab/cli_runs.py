@@ -1,6 +1,6 @@
-"""`icl-lab import`, `icl-lab info` and `icl-lab verify`: a run directory made from a pretrained
-model, shown, and checked file by file. Registered on the main app by `icl_lab.cli`; each command is
-one library call."""
+"""`icl-lab import`, `icl-lab export`, `icl-lab info` and `icl-lab verify`: a run directory made
+from a pretrained model, a run's model written as one, a run shown, and checked file by file.
+Registered on the main app by `icl_lab.cli`; each command is one library call."""
 
 from __future__ import annotations
 
@@ -47,6 +47,40 @@ def import_cmd(
                   f"vocab {m.d_vocab}; {len(run.checkpoints)} checkpoint{'s' * (len(run.checkpoints) > 1)}) into [bold]{run.path}[/]")
 
 
+EXPORT_FORMATS = ("hf",)
+
+
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    out: Path = typer.Option(..., help="Folder to create (it must not exist, or be empty)."),
+    format: str = typer.Option(..., "--format", help="hf: a Hugging Face transformers folder (config.json, model.safetensors, "
+                               "tokenizer) that AutoModelForCausalLM and AutoTokenizer load offline."),
+    step: Optional[int] = typer.Option(None, help="The checkpoint to export (default: the latest)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the export's record (config.json's \"icl_lab\") as JSON, nothing else."),
+) -> None:
+    """Export a run's model as GPT-2, GPT-NeoX or Llama for Hugging Face transformers, with its
+    tokenizer. The folder is loaded back with transformers and compared before it is put in place:
+    the logits agree to 1e-4 (in fp64), or nothing is written. Models with no exact equivalent (shortformer
+    positions, smeared keys) are refused."""
+    import json
+
+    from icl_lab.pretrained import export_hf
+
+    if format not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown --format {format!r}; the only format is hf (Hugging Face transformers)")
+    with err_console.status(f"exporting {run_dir} and checking it with transformers"):
+        path = export_hf(run_dir, out, step=step)
+    record = json.loads((path / "config.json").read_text())["icl_lab"]
+    if json_out:
+        console.print_json(data={"path": str(path), **record})
+        return
+    layout = "" if record["residual_copies"] == 1 else (f", residual stream {'mirrored' if record['mirror'] else 'replicated'} "
+                                                        f"x{record['residual_copies']}")
+    console.print(f"exported step {record['step']} as {record['architecture']}{layout} into [bold]{path}[/]; "
+                  f"max |logit difference| {record['max_abs_logit_diff']:.2g} in fp64, {record['max_abs_logit_diff_fp32']:.2g} in fp32",
+                  highlight=False, soft_wrap=True)
+
+
 def info_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
     """Show a run's config, metadata and checkpoints."""
     run = icl_lab.load_run(run_dir)
@@ -83,7 +117,8 @@ def verify_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> 
 
 
 def register_runs(app: typer.Typer) -> None:
-    """Add `import`, `info` and `verify` to `app`."""
+    """Add `import`, `export`, `info` and `verify` to `app`."""
     app.command("import")(import_cmd)
+    app.command("export")(export_cmd)
     app.command("info")(info_cmd)
     app.command("verify")(verify_cmd)

@@ -1,11 +1,14 @@
 """How each pretrained family maps onto the icl-lab transformer: a config translator and a
 state-dict translator per Hugging Face `model_type`.
 
-- **GPT-2**: learned positions, pre-LayerNorm blocks, a tanh-GELU MLP, biases everywhere, a tied
-  unembedding (copied as W_U = W_E^T). HF's Conv1D weights are [in, out], icl-lab's orientation.
+- **GPT-2**: learned positions, pre-LayerNorm blocks, a tanh-GELU MLP (or `activation_function`
+  gelu, relu, silu), biases everywhere, a tied unembedding (copied as W_U = W_E^T), or an untied
+  one when the folder holds `lm_head.weight` (as `icl-lab export` writes). HF's Conv1D weights are
+  [in, out], icl-lab's orientation.
 - **GPT-NeoX / Pythia**: rotary positions on the first `partial_rotary_factor` of each head,
-  parallel attention and MLP, exact GELU, an untied unembedding. The fused QKV weight is laid out
-  [head, (q k v), d_head] along its output axis.
+  parallel (or, with `use_parallel_residual: false`, sequential) attention and MLP, exact GELU,
+  an untied unembedding. The fused QKV weight is laid out [head, (q k v), d_head] along its
+  output axis.
 - **Llama** (and SmolLM2): RMSNorm, rotary on the whole head, a SwiGLU MLP, no biases, grouped-query
   attention. Key and value heads are repeated so that every query head has its own copy
   (head h reads kv head h // (n_heads / n_kv_heads), as HF's `repeat_kv`), which keeps every
@@ -35,21 +38,28 @@ def _rope(hf: dict) -> dict:
             "factor": params.get("partial_rotary_factor", hf.get("rotary_pct", hf.get("partial_rotary_factor", 1.0)))}
 
 
+ACTIVATIONS = ("gelu_new", "gelu", "relu", "silu")  # HF ACT2FN names that are icl-lab's act_fn of the same name
+
+
 def _gpt2_config(hf: dict) -> ModelConfig:
-    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu", "relu"):
-        raise ConfigError(f"GPT-2 activation {hf['activation_function']!r} is not supported; expected gelu_new, gelu or relu")
+    if hf.get("activation_function", "gelu_new") not in ACTIVATIONS:
+        raise ConfigError(f"GPT-2 activation {hf['activation_function']!r} is not supported; expected one of {', '.join(ACTIVATIONS)}")
+    if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx"):
+        raise ConfigError("GPT-2 without the 1/sqrt(d_head) attention scale (scale_attn_weights false or "
+                          "scale_attn_by_inverse_layer_idx true) is not supported; import a model with the standard scale")
     d_model = hf["n_embd"]
     return ModelConfig.parse(dict(
         n_layers=hf["n_layer"], d_model=d_model, n_heads=hf["n_head"], d_mlp=hf.get("n_inner") or 4 * d_model,
         d_vocab=hf["vocab_size"], n_ctx=hf["n_positions"], positional="learned", normalization="layernorm",
-        bias=True, act_fn=hf.get("activation_function", "gelu_new"),
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5), bias=True, act_fn=hf.get("activation_function", "gelu_new"),
     ), where="GPT-2 config")
 
 
 def _gpt2_weights(hf: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
     hf = {k.removeprefix("transformer."): v.float() for k, v in hf.items()}
     h = cfg.n_heads
-    out = {"W_E": hf["wte.weight"], "W_pos": hf["wpe.weight"], "W_U": hf["wte.weight"].T.clone(),
+    unembed = hf.get("lm_head.weight", hf["wte.weight"])  # untied when the folder has its own (icl-lab's export)
+    out = {"W_E": hf["wte.weight"], "W_pos": hf["wpe.weight"], "W_U": unembed.T.clone(),
            "b_U": torch.zeros(cfg.d_vocab), "ln_final.w": hf["ln_f.weight"], "ln_final.b": hf["ln_f.bias"]}
     for i in range(cfg.n_layers):
         p, o = f"h.{i}.", f"blocks.{i}."
@@ -70,15 +80,14 @@ def _gpt2_weights(hf: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
 def _neox_config(hf: dict) -> ModelConfig:
     rope, d_model, n_heads = _rope(hf), hf["hidden_size"], hf["num_attention_heads"]
     d_head = d_model // n_heads
-    if not hf.get("use_parallel_residual", True):
-        raise ConfigError("GPT-NeoX with use_parallel_residual=false is not supported yet")
+    if hf.get("hidden_act", "gelu") not in ACTIVATIONS:
+        raise ConfigError(f"GPT-NeoX activation {hf['hidden_act']!r} is not supported; expected one of {', '.join(ACTIVATIONS)}")
     return ModelConfig.parse(dict(
         n_layers=hf["num_hidden_layers"], d_model=d_model, n_heads=n_heads, d_mlp=hf["intermediate_size"],
         d_vocab=hf["vocab_size"], n_ctx=hf["max_position_embeddings"], positional="rotary",
         rotary_dim=int(d_head * rope["factor"]), rotary_base=rope["theta"], normalization="layernorm",
         norm_eps=hf.get("layer_norm_eps", 1e-5), bias=True,
-        act_fn={"gelu": "gelu", "gelu_new": "gelu_new"}.get(hf.get("hidden_act", "gelu"), "gelu"),
-        parallel_attn_mlp=True,
+        act_fn=hf.get("hidden_act", "gelu"), parallel_attn_mlp=hf.get("use_parallel_residual", True),
     ), where="GPT-NeoX config")
 
 
