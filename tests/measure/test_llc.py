@@ -157,3 +157,24 @@ def test_bad_settings_and_too_few_sequences_are_one_line_errors():
     m = Transformer(tiny_config())
     with pytest.raises(ConfigError, match="fewer than one SGLD batch"):
         llc(m, torch.zeros(4, 8, dtype=torch.long), SGLDSettings(batch_size=8))
+
+
+def test_a_heads_estimate_is_judged_against_the_head_itself():
+    """Issue #27: a head's refined LLC gets its own health check. Its chains give back a share of
+    what the head contributes (the loss rise when its output is zeroed), and its spread counts
+    relative to the estimate down to 0.1. The same chains pass the whole-model check."""
+    trace = np.full((4, 8), 1.03)  # flat, 0.03 nats above the checkpoint's loss
+    chains = [0.2, 0.5, 0.3, 0.4]  # sd 0.13 on an estimate of 0.35: 37% apart
+    m = Transformer(tiny_config(d_vocab=20, n_ctx=12))
+    tokens = torch.randint(0, 20, (64, 12), generator=torch.Generator().manual_seed(1))
+    est = llc(m, tokens, SGLDSettings(chains=2, draws=8, batch_size=16), heads=True)
+    head = est.heads[(1, 0)]
+    assert head.scale == 0.1 and head.min_gain == 0.01
+    from icl_lab.measure.llc import head_contribution
+
+    assert head.reference_loss - head.init_loss == pytest.approx(head_contribution(m, tokens, 1, 0))
+    as_model = LLCEstimate(0.35, chains, 1.0, trace, 10.0, reference_loss=1.0 + math.log(20))
+    as_head = LLCEstimate(0.35, chains, 1.0, trace, 10.0, reference_loss=1.04, scale=0.1, min_gain=0.01)
+    assert as_model.health()["ok"]
+    problems = as_head.health()["problems"]
+    assert any("disagree" in p for p in problems) and any("gave back" in p for p in problems)

@@ -25,7 +25,7 @@ import math
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -49,6 +49,14 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
         2.120, 2.110, 2.101, 2.093, 2.086)  # Student's t 97.5% points, 1-20 degrees of freedom (then 2.086: conservative)
 MIN_TREND_T = 3.0  # a drift is a trend this many standard errors from flat (about 95% with the 3 degrees of freedom of 200 draws)
 MIN_SCALE = 1.0  # chains' spread is relative to the estimate, or to 1 below it: ±0.01 on an LLC of 0.03 is no disagreement
+# A head's refined LLC has its own check (issue #27): its values are small (0.03-12 on synthetic-2l), so
+# spread and drift count relative to the estimate down to 0.1, not 1; and its chains may give back at
+# most half of what the head itself contributes, the loss rise when its output is zeroed (floored at
+# 0.01 nats), not half of what the whole model gained over the uniform prediction, which no single
+# head's chain could come near.
+HEAD_SCALE = 0.1
+HEAD_MIN_GAIN = 0.01
+HEAD_SEQUENCES = 256  # sequences the head's contribution is measured on
 
 
 class SGLDSettings(FrozenConfig):
@@ -96,9 +104,12 @@ class LLCEstimate:
         init_loss: the loss at the checkpoint's weights (mean over the initial batches).
         trace: [chain, step] mean sampled loss at every SGLD step after burn-in.
         nbeta: the inverse temperature used.
-        reference_loss: the loss of a uniform prediction (log d_vocab), None if unknown.
+        reference_loss: the loss of a uniform prediction (log d_vocab), None if unknown; for a
+            head's estimate, the loss with that head's output zeroed.
         heads: (layer, head) -> the head's refined LLC, when asked for.
         epoch: SGLD steps per pass over the data (the batches repeat in this order), for the drift test.
+        scale: the floor under the estimate that spread and drift are relative to (1; 0.1 for a head).
+        min_gain: the floor of the give-back denominator (0.1 nats; 0.01 for a head).
     """
 
     value: float
@@ -109,6 +120,8 @@ class LLCEstimate:
     reference_loss: float | None = None
     heads: dict[tuple[int, int], "LLCEstimate"] = field(default_factory=dict)
     epoch: int | None = None
+    scale: float = MIN_SCALE
+    min_gain: float = MIN_GAIN
 
     @property
     def std(self) -> float:
@@ -132,9 +145,9 @@ class LLCEstimate:
         mean = self.trace.mean(axis=0)  # [step]
         excess = float(mean.mean() - self.init_loss)
         change, t = self._trend()
-        drift = abs(change) * self.nbeta / max(abs(self.value), MIN_SCALE)  # in units of the estimate (or of 1)
-        spread = self.std / max(abs(self.value), MIN_SCALE)
-        gain = None if self.reference_loss is None else max(self.reference_loss - self.init_loss, MIN_GAIN)
+        drift = abs(change) * self.nbeta / max(abs(self.value), self.scale)  # in units of the estimate (or of the floor)
+        spread = self.std / max(abs(self.value), self.scale)
+        gain = None if self.reference_loss is None else max(self.reference_loss - self.init_loss, self.min_gain)
         give_back = None if gain is None else excess / gain
         problems = []
         if min(self.per_chain) <= 0:
@@ -255,9 +268,27 @@ def llc(model: torch.nn.Module, tokens: torch.Tensor, settings: SGLDSettings | N
     est = sample_llc(model, tokens, settings, reference_loss=reference)
     if not heads:
         return est
-    per_head = {(layer, h): sample_llc(model, tokens, settings, param_masks=head_masks(model, layer, h), reference_loss=reference)
-                for layer in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)}
+    per_head = {}
+    for layer in range(model.cfg.n_layers):
+        for h in range(model.cfg.n_heads):
+            e = sample_llc(model, tokens, settings, param_masks=head_masks(model, layer, h))
+            gain = head_contribution(model, tokens[:HEAD_SEQUENCES], layer, h)
+            per_head[(layer, h)] = replace(e, reference_loss=e.init_loss + gain, scale=HEAD_SCALE, min_gain=HEAD_MIN_GAIN)
     return LLCEstimate(est.value, est.per_chain, est.init_loss, est.trace, est.nbeta, reference, per_head, est.epoch)
+
+
+@torch.no_grad()
+def head_contribution(model: torch.nn.Module, tokens: torch.Tensor, layer: int, head: int) -> float:
+    """How much one head lowers the loss: the mean per-token loss with its output zeroed minus the
+    clean loss, in nats (the scale a head's SGLD chain is judged against for leaving its basin)."""
+    def zero(z, hook):
+        z[:, :, head] = 0.0
+        return z
+
+    clean = float(model.per_token_loss(tokens).mean())
+    with model.hooks([(f"blocks.{layer}.attn.hook_z", zero)]):
+        ablated = float(model.per_token_loss(tokens).mean())
+    return ablated - clean
 
 
 def _devinterp() -> Any:

@@ -267,6 +267,7 @@ def summarize(run: Run, table: pd.DataFrame, settings: dict, calibration: dict |
             "steps": wide.step.tolist(), "tokens": wide.tokens.tolist(),
             "llc": [float(v) if np.isfinite(v) else None for v in wide["llc"]],  # None: a diverged estimate
             "healthy": [bool(v == 1) for v in wide["llc.healthy"]],
+            "heads_healthy": None if heads.empty else {"healthy": int((heads.value == 1).sum()), "estimates": len(heads)},
             "stages": stages, "versions": library_versions()}
 
 
