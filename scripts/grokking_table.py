@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from icl_lab.run.files import open_run_files
-from icl_lab.run.results import grokking_summary, grokking_table
+from icl_lab.organisms.grokking.results import grokking_summary, grokking_table
 
 
 def _window(w: dict | None) -> str:
