@@ -89,3 +89,15 @@ def test_the_phases_read_no_test_quantity():
     moved["test_loss"] = 10 ** (0.7 - 8 * step_sigmoid(450, 60))  # an (implausibly) early test-loss drop
     a, b = find_phases(t), find_phases(moved)
     assert all(a[n] == b[n] for n in ("memorisation", "circuit_formation", "cleanup"))
+
+
+def test_a_brief_dip_of_the_weights_after_memorisation_is_not_the_cleanup():
+    """Seed 1 of grokking-1l: right after memorisation the weights dipped for a few dense early
+    checkpoints, the fastest fall per step; read as the cleanup, it left no excluded-loss rise
+    before it and no phase was found. The cleanup is sought once the circuit is forming."""
+    t = nanda_like()
+    dip = np.exp(-((STEPS - 1500) / 80.0) ** 2)  # a 10% dip over ~200 steps just after memorisation ends (~1,100)
+    t["sum_squared_weights"] = t["sum_squared_weights"] * (1 - 0.1 * dip)
+    ph = find_phases(t)
+    assert ph["cleanup"] is not None and 9000 < ph["cleanup"]["end"] < 11000, ph["cleanup"]
+    assert 4000 < ph["circuit_formation"]["end"] < 7000

@@ -15,8 +15,11 @@ All rules work on log10 of the losses against checkpoints, with the project's pe
   >= 99%: in some seeds the final circuit already carries part of the fit, so the excluded loss
   turns up before memorisation is done);
 - cleanup is where the weights are cleaned up fastest: the fall rate of log(sum of squared weights)
-  per step, after memorisation, is at least half its peak (from the last checkpoint below half
-  before the peak to the first persistent one after it);
+  per step, once memorisation has ended and the excluded loss has risen `MIN_RISE` (the circuit is
+  forming: a cleanup follows it), is at least half its peak (from the last checkpoint below half
+  before the peak to the first persistent one after it). Without the second condition a brief dip
+  of the weights right after memorisation, dense in log-spaced checkpoints, was read as the
+  cleanup and no phase was found (seed 1 of the preset, issue #27);
 - circuit formation runs from the end of memorisation to where the excluded loss has made 90% of
   its rise (persistently), the rise measured up to the start of that fast fall; cleanup starts there.
 
@@ -96,12 +99,13 @@ def _training_phases(wide: pd.DataFrame) -> dict:
     """Memorisation, circuit formation and cleanup from the train accuracy, the excluded loss and
     the weights ({} when the excluded loss never rises or the weights never fall)."""
     steps, excluded = wide.step.to_numpy(), _log(wide.excluded_loss.to_numpy())
-    low = _minimum_before_rise(excluded)
-    if low is None:
+    found = _minimum_before_rise(excluded)
+    if found is None:
         return {}
+    low, risen = found
     memorised = persistent_crossing(wide.train_accuracy.to_numpy(), MEMORISED) if "train_accuracy" in wide else 0
     end_mem = max(low, memorised)
-    fast = _fastest_fall(steps, np.log(wide.sum_squared_weights.to_numpy().astype(float)), end_mem)
+    fast = _fastest_fall(steps, np.log(wide.sum_squared_weights.to_numpy().astype(float)), max(end_mem, risen))
     if fast is None:
         return {}
     top = end_mem + int(np.argmax(excluded[end_mem : fast[0] + 1]))
@@ -114,14 +118,14 @@ def _training_phases(wide: pd.DataFrame) -> dict:
             "cleanup": {"start": t2, "end": int(steps[max(fast[1], max(formed, end_mem))])}}
 
 
-def _minimum_before_rise(y: np.ndarray) -> int | None:
-    """The index of the running minimum at the first checkpoint MIN_RISE above it (None if never)."""
+def _minimum_before_rise(y: np.ndarray) -> tuple[int, int] | None:
+    """(the index of the running minimum, the first checkpoint MIN_RISE above it), None if never."""
     low = 0
     for i in range(len(y)):
         if y[i] < y[low]:
             low = i
         elif y[i] - y[low] >= MIN_RISE:
-            return low
+            return low, i
     return None
 
 
