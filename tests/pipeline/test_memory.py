@@ -118,24 +118,30 @@ def test_the_contract_is_not_vacuous(probed):
 
 
 def test_the_plan_bounds_the_whole_analysis(tmp_path):
-    """`analyze` in a fresh process peaks under the plan it checked before starting."""
+    """`analyze` in a fresh process rises above where it started by no more than the plan allows
+    above its runtime: the plan's runtime floor (RUNTIME_BYTES) cannot hide what the walk adds
+    (before FIRST_USE_BYTES the first walk rose 27-31 MiB above the plan; CI failed on it)."""
     code = f"""
-import json, resource, icl_lab
-from tests.pipeline.test_memory import CONFIG
+import json, icl_lab
+from pathlib import Path
+from tests.pipeline.test_memory import CONFIG, _status
 from icl_lab.pipeline.analyze import analysis_plan
 from icl_lab.pipeline.evalstore import eval_set_for
+from icl_lab.pipeline.memory import RUNTIME_BYTES
 cfg = icl_lab.get_preset('synthetic-2l').replace(model=CONFIG, data={{'max_period': 40}},
                                                  train={{"steps": 2, "batch_size": 2, "n_checkpoints": 2, "warmup_steps": 1}})
 run = icl_lab.train(cfg, out={str(tmp_path / 'run')!r})
+Path("/proc/self/clear_refs").write_text("5")
+start, _ = _status()
 plan = analysis_plan(run, eval_set_for(run, 32), None, '2GB')  # as analyze plans it, before any work
 icl_lab.analyze([run], n_examples=32, max_memory='2GB')
-print(json.dumps({{'peak': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'plan': plan.peak}}))
+print(json.dumps({{'rise': _status()[1] - start, 'allowed': plan.peak - max(RUNTIME_BYTES, start)}}))
 """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[2], timeout=600)
     got = json.loads(done.stdout.strip().splitlines()[-1])
-    assert got["peak"] <= got["plan"], f"peak {got['peak'] / MiB:.0f} MiB over the plan's {got['plan'] / MiB:.0f} MiB"
+    assert got["rise"] <= got["allowed"], f"rose {got['rise'] / MiB:.0f} MiB, over the plan's {got['allowed'] / MiB:.0f} MiB"
 
 
 def test_an_analysis_that_cannot_fit_is_refused_in_one_line(tmp_path):
