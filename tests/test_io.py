@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from icl_lab.io import write_json, write_safetensors
+from icl_lab.io import json_text, write_json, write_safetensors
 from icl_lab.train.layout import RunLayout
 
 WRITER = textwrap.dedent(
@@ -163,3 +163,13 @@ def test_the_training_log_is_on_disk_before_each_checkpoint(tmp_path, monkeypatc
     cfg = icl_lab.get_preset("synthetic-2l").replace(train={"steps": 60, "warmup_steps": 5, "n_checkpoints": 6, "log_every": 5})
     icl_lab.train(cfg, out=tmp_path / "r")
     assert len(checked) >= 4
+
+
+def test_json_text_is_strict_json_with_undefined_numbers_as_null():
+    """`--json` output is read by jq and browsers, which refuse json.dumps's bare NaN."""
+    text = json_text({"share": float("nan"), "ci": [float("-inf"), 0.5], "rows": ({"v": float("inf")},), "n": 3})
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in the output")
+
+    assert json.loads(text, parse_constant=refuse) == {"share": None, "ci": [None, 0.5], "rows": [{"v": None}], "n": 3}

@@ -4,7 +4,6 @@ calls one documented function, and renders the result with rich. Errors derived 
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -26,6 +25,7 @@ from icl_lab.cli_report import register_report
 from icl_lab.cli_runs import register_runs
 from icl_lab.cli_sweep import register_sweep
 from icl_lab.errors import ConfigError, IclLabError, IclLabWarning
+from icl_lab.io import json_text
 from icl_lab.kinds import organism, organisms
 from icl_lab.train.config import ExperimentConfig
 from icl_lab.train.distributed import World
@@ -226,7 +226,7 @@ def analyze_cmd(
 
 def _print_analysis(summaries: dict[str, dict], json_out: bool) -> None:
     if json_out:
-        print(json.dumps(list(summaries.values()) if len(summaries) > 1 else next(iter(summaries.values())), indent=2))
+        print(json_text(list(summaries.values()) if len(summaries) > 1 else next(iter(summaries.values()))))
         return
     for path, s in summaries.items():
         pc, icl = s["phase_change"], s["icl_score"]
@@ -289,7 +289,7 @@ def ablate_cmd(
             summary = ablate_run(run, kinds=kinds, device=device, dtype=dtype, max_memory=max_memory, examples=examples,
                                  progress=lambda name, done, total: bar.update(task, completed=done))
     if json_out:
-        print(json.dumps(summary, indent=2))
+        print(json_text(summary))
         return
     ci = summary.get("icl_score_ci") or [float("nan")] * 2
     if summary["icl_score"] is None:  # an analysis running beside this ablation has not stored its rows yet

@@ -3,7 +3,6 @@ intervene and report in one go (each organism's own commands live in its package
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Optional
@@ -13,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from icl_lab.cli_bars import Bars
+from icl_lab.io import json_text
 
 console = Console()
 err_console = Console(stderr=True)
@@ -41,7 +41,7 @@ def reproduce_cmd(
         result = reproduce(arguments, out=out, scale=scale, pretrained=pretrained, log=bars.log, train_progress=bars.train,
                            data=data, corpus=corpus, device=device, dtype=dtype)
     if json_out:
-        print(json.dumps([c.to_json() for c in result.checks], indent=2))
+        print(json_text([c.to_json() for c in result.checks]))
         return
     table = Table(box=None)
     for col in ("argument", "metric", "value", "threshold", ""):

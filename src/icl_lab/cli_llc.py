@@ -5,7 +5,6 @@ registered on the main app by `icl_lab.cli`."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -16,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from icl_lab.errors import ConfigError
+from icl_lab.io import json_text
 
 console = Console()
 err_console = Console(stderr=True)
@@ -113,7 +113,7 @@ def _print_calibration(cal, json_out: bool) -> None:
 
 def _print_summaries(summaries: dict[str, dict], json_out: bool) -> None:
     if json_out:
-        print(json.dumps(list(summaries.values()) if len(summaries) > 1 else next(iter(summaries.values())), indent=2))
+        print(json_text(list(summaries.values()) if len(summaries) > 1 else next(iter(summaries.values()))))
         return
     for path, s in summaries.items():
         pairs = [(step, v) for step, v in zip(s["steps"], s["llc"]) if v is not None]  # None: a diverged estimate

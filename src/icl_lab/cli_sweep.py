@@ -3,7 +3,6 @@ progress bar, and print a table of the trials. Registered on the main app by `ic
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -13,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from icl_lab.errors import ConfigError
+from icl_lab.io import json_text
 
 if TYPE_CHECKING:  # the sweep package is imported inside the command, as cli_experiments does
     from icl_lab.sweep import SweepResult
@@ -68,7 +68,7 @@ def sweep_cmd(
                            extra={"sweep": str(sweep_file), "preset": spec.preset, "then": list(spec.then),
                                   "device": device, "dtype": dtype})
     if json_out:
-        print(json.dumps(result.to_json(), indent=2))
+        print(json_text(result.to_json()))
     else:
         _print_table(result)
     if result.failed:
@@ -95,7 +95,7 @@ def _check_options(executor: str, address: str | None, dashboard: bool, slurm_cl
 
 def _print_plan(trials: list, executor: str, jobs: int, threads: int, json_out: bool) -> None:
     if json_out:
-        print(json.dumps([{"name": t.name, "run": t.out, "stages": list(t.stages)} for t in trials], indent=2))
+        print(json_text([{"name": t.name, "run": t.out, "stages": list(t.stages)} for t in trials]))
         return
     table = Table(title=f"{len(trials)} trials on {executor} ({jobs} at once, {threads} thread(s) each)", box=None)
     for col in ("trial", "run folder", "then"):

@@ -67,7 +67,7 @@ def test_cli_ablate_json(run):
     r = subprocess.run([sys.executable, "-m", "icl_lab.cli", "ablate", str(run.path), "--kind", "mean", "--json"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    s = json.loads(r.stdout)
+    s = json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"{c} is not JSON (jq and browsers refuse it)"))
     assert {h["layer"] for h in s["heads"]} == {0, 1} and "mean" in s["heads"][0]["by_kind"]
     bad = subprocess.run([sys.executable, "-m", "icl_lab.cli", "ablate", str(run.path), "--kind", "half"],
                          capture_output=True, text=True)
