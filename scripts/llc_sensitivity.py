@@ -34,7 +34,8 @@ def grid_table(cal: dict) -> list[str]:
         cells = []
         for s in steps:
             r = by[s]
-            marks = "".join(m for m, word in (("d", "drifts"), ("b", "basin"), ("s", "disagree"), ("n", "not positive"))
+            marks = "".join(m for m, word in (("d", "drifts"), ("b", "basin"), ("s", "disagree"), ("n", "not positive"),
+                                                             ("x", "diverged"))
                             if any(word in p for p in r["problems"]))
             cells.append(f"{r['llc']:.1f} {marks}".strip())
         ok = all(by[s]["ok"] for s in steps)
@@ -52,13 +53,37 @@ def alternative(cal: dict, chosen: dict) -> dict:
     return alt if ok else None
 
 
+def tok(x: float | None) -> str:
+    return "-" if x is None else f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:,.0f}k"
+
+
+def stages_table(records: list[dict]) -> list[str]:
+    """One row per (setting, run): health, the curve's start, peak and end, the stages, the LLC's
+    direction in each score rise, and the two-part-bump verdict."""
+    lines = ["| setting | seed | healthy | LLC start → peak (step) → end | stages | in the prefix-matching rise "
+             "| in the previous-token rise | two-part bump |", "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        llc, steps = r["llc"], r["steps"]
+        peak = max(range(len(llc)), key=lambda i: llc[i])
+        stages = "; ".join(f"{d} {tok(a)}–{tok(b)}" for d, a, b in r["stages"])
+        rise = [f"{x['direction']}" if x else "-" for x in (r["pm_rise"], r["prev_rise"])]
+        lines.append(f"| nβ {r['nbeta']:.0f} ({r['nbeta_kind']}), γ {r['gamma']:g}, ε {r['lr']:g} | {r['run'].rsplit('-s', 1)[-1]} "
+                     f"| {r['healthy']} | {llc[0]:.1f} → {llc[peak]:.1f} ({steps[peak]}) → {llc[-1]:.1f} | {stages} "
+                     f"| {rise[0]} | {rise[1]} | {'yes' if r['two_part_bump'] else 'no'} |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--calibration", type=Path, required=True)
     p.add_argument("--checkpoints", type=int, default=32)
     p.add_argument("--out", type=Path, default=Path("runs/llc/sensitivity.json"))
+    p.add_argument("--table", action="store_true", help="Print the stages table from --out, measuring nothing.")
     a = p.parse_args()
+    if a.table:
+        print("\n".join(stages_table(json.loads(a.out.read_text())["records"])))
+        return
     cal = read_calibration(a.calibration)
     print("\n".join(grid_table(cal)), flush=True)
     chosen, _ = choose(cal["grid"])
@@ -66,7 +91,8 @@ def main() -> None:
     settings = [("alternative", alt), ("chosen", chosen)] if alt else [("chosen", chosen)]
     records = []
     for label, point in settings:
-        s = SGLDSettings(lr=point["lr"], gamma=point["gamma"], nbeta=point["nbeta_setting"])
+        # the chosen settings' chains, draws, burn-in and batch, as `icl-lab llc --calibration` runs them
+        s = SGLDSettings(**{**cal["chosen"], "lr": point["lr"], "gamma": point["gamma"], "nbeta": point["nbeta_setting"]})
         for path in a.runs:
             run = icl_lab.load_run(path)
             summary = llc_run(run, s, checkpoints=a.checkpoints, executor="local", jobs=2, calibration={**cal, "used": label})
@@ -82,6 +108,7 @@ def main() -> None:
                                                   "previous_token_first", "two_part_bump")}, default=str), flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"grid": grid_table(cal), "records": records}, indent=1, default=str))
+    print("\n".join(stages_table(records)))
 
 
 if __name__ == "__main__":
