@@ -34,7 +34,8 @@ def llc_cmd(
                                           "of a batch's tokens]."),
     chains: int = typer.Option(4, help="SGLD chains per estimate."),
     draws: int = typer.Option(200, help="Draws per chain."),
-    burnin: int = typer.Option(0, help="Steps dropped at the start of each chain."),
+    burnin: Optional[int] = typer.Option(None, help="Steps dropped at the start of each chain [default: the calibration's, "
+                                         "else 0]."),
     batch_size: int = typer.Option(32, help="Sequences per SGLD step."),
     seed: int = typer.Option(0, help="Seed of the chains (chain k uses seed + k)."),
     checkpoints: Optional[int] = typer.Option(None, help="Measure this many checkpoints, spread over log-steps [default: all]."),
@@ -66,9 +67,9 @@ def llc_cmd(
     if calibrate and calibration_file is not None:
         raise ConfigError("--calibrate and --calibration both choose the settings; keep one")
     loaded = [icl_lab.load_run(r) for r in runs]
-    base = SGLDSettings.parse({"chains": chains, "draws": draws, "burnin": burnin, "batch_size": batch_size, "seed": seed},
+    base = SGLDSettings.parse({"chains": chains, "draws": draws, "burnin": burnin or 0, "batch_size": batch_size, "seed": seed},
                               "SGLD settings")
-    explicit = {k: v for k, v in {"lr": lr, "gamma": gamma, "nbeta": nbeta}.items() if v is not None}
+    explicit = {k: v for k, v in {"lr": lr, "gamma": gamma, "nbeta": nbeta, "burnin": burnin}.items() if v is not None}
     calibration = read_calibration(calibration_file) if calibration_file is not None else None
     columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeRemainingColumn())
     if calibrate:

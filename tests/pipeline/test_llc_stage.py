@@ -110,10 +110,13 @@ def test_calibration_records_its_grid_and_choice(run):
     assert read_calibration(run.path) == read_calibration(run.layout.analysis_dir / "llc_calibration.json") == record
     settings, used = llc_settings(run, FAST)  # the run's own calibration, stored just now
     assert (settings.lr, settings.gamma, settings.draws) == (cal.chosen.lr, 1000.0, FAST.draws) and used == record
+    assert settings.burnin == cal.chosen.burnin > FAST.burnin  # the burn-in the grid judged health after
+    assert llc_settings(run, FAST, overrides={"burnin": 0})[0].burnin == 0
     settings, used = llc_settings(run, FAST, overrides={"lr": 3e-4})  # a flag wins, and the record says so
     assert settings.lr == 3e-4 and used == {**record, "overridden": {"lr": 3e-4}}
     other = {"chosen": {"lr": 5e-5, "gamma": 300.0, "nbeta": 10.0}}  # another run's calibration wins over this run's
     assert llc_settings(run, FAST, other)[0].nbeta == 10.0
+    assert llc_settings(run, FAST, other)[0].burnin == FAST.burnin  # an older record without a burn-in keeps base's
 
 
 def test_a_missing_or_damaged_calibration_is_one_line(tmp_path):
@@ -140,11 +143,12 @@ def test_cli_measures_reuses_and_rejects_conflicting_flags(run):
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "icl_lab.cli", "llc", str(run.path), *args], capture_output=True, text=True)
 
-    flags = ("--checkpoints", "3", "--chains", "2", "--draws", "8", "--batch-size", "16", "--lr", "1e-4")
+    # --burnin wins over a calibration another test may have stored on this run (40 steps)
+    flags = ("--checkpoints", "3", "--chains", "2", "--draws", "8", "--batch-size", "16", "--lr", "1e-4", "--burnin", "0")
     r = cli(*flags, "--json")  # the default: a local pool, one task per core
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert len(out["steps"]) == 3 and out["settings"]["sgld"]["lr"] == 1e-4
+    assert len(out["steps"]) == 3 and out["settings"]["sgld"]["lr"] == 1e-4 and out["settings"]["sgld"]["burnin"] == 0
     again = cli(*flags, "--reuse")
     assert again.returncode == 0 and "LLC" in again.stdout
     assert read_llc(run)["timing"] == out["timing"]  # reused: nothing was re-measured

@@ -151,14 +151,16 @@ def read_calibration(source: str | Path) -> dict:
 
 def llc_settings(run: Run, base: SGLDSettings | None = None, calibration: dict | None = None,
                  overrides: dict | None = None) -> tuple[SGLDSettings, dict | None]:
-    """The SGLD settings to measure `run` with: `base`, then lr, gamma and nbeta from `calibration`
-    (default: the run's own stored calibration, if any), then `overrides`.
+    """The SGLD settings to measure `run` with: `base`, then lr, gamma, nbeta and the burn-in from
+    `calibration` (default: the run's own stored calibration, if any), then `overrides`. The burn-in
+    travels with the step size because the calibration judged its points' health after dropping it:
+    the same chains without it start with their relaxation and can fail checks the point passed.
 
     Args:
         base: the chain settings (chains, draws, batch size, seed; default SGLDSettings()).
         calibration: a calibration record (`read_calibration`, or a fresh `calibrate_run`'s
             `to_json()` plus "run") to take the step size, localisation and temperature from.
-        overrides: lr, gamma or nbeta given explicitly; they win over the calibration.
+        overrides: lr, gamma, nbeta or burnin given explicitly; they win over the calibration.
 
     Returns:
         (settings, the calibration record `llc_run` stores beside them: the calibration, with
@@ -174,7 +176,8 @@ def llc_settings(run: Run, base: SGLDSettings | None = None, calibration: dict |
     stored = run.layout.analysis_dir / "llc_calibration.json"
     cal = calibration or (read_calibration(stored) if stored.is_file() else None)
     settings = base or SGLDSettings()
-    settings = settings.replace(**{k: cal["chosen"][k] for k in ("lr", "gamma", "nbeta")}) if cal else settings
+    if cal:  # calibrations written before the burn-in joined the grid have none: keep base's
+        settings = settings.replace(**{k: cal["chosen"][k] for k in ("lr", "gamma", "nbeta", "burnin") if k in cal["chosen"]})
     overrides = overrides or {}
     settings = settings.replace(**overrides)
     return settings, cal if not overrides else {**cal, "overridden": overrides} if cal else None
