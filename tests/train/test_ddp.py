@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,21 @@ def torchrun(cfg, out: Path, mode: str = "fresh", nproc: int = 2) -> subprocess.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": PYTHONPATH}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            str(WORKER), json.dumps(cfg.model_dump(mode="json")), str(out), mode]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    if r.returncode and "(SIGABRT)" in r.stderr and mode != "resume":
+        # Seen once in a loaded full suite (a rank aborted inside gloo before training; not reproduced in
+        # 15 runs beside busy loops): one retry, with the first failure kept visible. A wrong result or
+        # a second crash still fails.
+        warnings.warn(f"torchrun rank aborted, retrying once: {_worker_lines(r.stderr)}", stacklevel=2)
+        shutil.rmtree(out, ignore_errors=True)
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    return r
+
+
+def _worker_lines(stderr: str) -> str:
+    """The ranks' own lines of a torchrun's stderr (its launcher's traceback comes last and is long)."""
+    own = [line for line in stderr.splitlines() if "torch/distributed/elastic" not in line and not line.startswith(("  ", "Traceback"))]
+    return "\n".join(own)[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +58,7 @@ def cfg():
 def ddp_run(cfg, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "run"
     r = torchrun(cfg, out)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, _worker_lines(r.stderr)
     return load_run(out)
 
 
