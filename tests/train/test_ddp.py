@@ -34,9 +34,9 @@ def torchrun(cfg, out: Path, mode: str = "fresh", nproc: int = 2) -> subprocess.
            str(WORKER), json.dumps(cfg.model_dump(mode="json")), str(out), mode]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     if r.returncode and "(SIGABRT)" in r.stderr and mode != "resume":
-        # Seen once in a loaded full suite (a rank aborted inside gloo before training; not reproduced in
-        # 15 runs beside busy loops): one retry, with the first failure kept visible. A wrong result or
-        # a second crash still fails.
+        # Seen once in a loaded full suite (rank 1 got SIGABRT; its own message was cut off; not reproduced
+        # in 21 reruns): one retry, with the first failure kept visible as a warning. A wrong result or a
+        # second crash still fails.
         warnings.warn(f"torchrun rank aborted, retrying once: {_worker_lines(r.stderr)}", stacklevel=2)
         shutil.rmtree(out, ignore_errors=True)
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
